@@ -1,0 +1,1 @@
+//! Host<->guest wire protocol (placeholder; defined by the guest-init work).

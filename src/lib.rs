@@ -1,0 +1,4 @@
+//! sbxrun: declarative batch jobs where every step runs in its own KVM microVM.
+
+pub mod cli;
+pub mod errors;
