@@ -2,3 +2,5 @@
 
 pub mod cli;
 pub mod errors;
+pub mod jail;
+pub mod vmm;

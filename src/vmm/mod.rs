@@ -1,0 +1,8 @@
+//! The VMM: runs inside the `sbxrun __vmm` child process, one per microVM.
+
+pub mod api;
+pub mod boot;
+pub mod devices;
+pub mod layout;
+pub mod runtime;
+pub mod vstate;
