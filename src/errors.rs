@@ -10,3 +10,15 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INFRA: i32 = 3;
 /// Interrupted (reports are still written).
 pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// An error and its sources, joined with ": ", for one-line messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

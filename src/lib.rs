@@ -1,6 +1,9 @@
 //! sbxrun: declarative batch jobs where every step runs in its own KVM microVM.
 
+pub mod assets;
 pub mod cli;
 pub mod errors;
+pub mod host;
 pub mod jail;
+pub mod pool;
 pub mod vmm;

@@ -1,6 +1,68 @@
-//! Command-line interface.
+//! Command-line interface: clap types and dispatch. Each subcommand's work
+//! lives in its own file.
+
+mod doctor;
+mod exec;
+pub mod units;
+
+use clap::{Parser, Subcommand};
+
+use crate::errors::{EXIT_INFRA, EXIT_USAGE};
+
+/// Declarative batch jobs where every step runs in its own KVM microVM.
+#[derive(Debug, Parser)]
+#[command(name = "sbxrun", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one command in a fresh microVM and exit with its exit code.
+    Exec(exec::ExecArgs),
+    /// Check that this host can run microVMs and say how to fix what is missing.
+    Doctor(doctor::DoctorArgs),
+    /// Internal: the VMM process of one microVM (started by sbxrun itself).
+    #[command(name = "__vmm", hide = true)]
+    Vmm,
+}
 
 /// Entry point used by `main`; returns the process exit code.
 pub fn main() -> i32 {
-    crate::errors::EXIT_OK
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Exec(args) => exec::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Vmm => run_vmm(),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SBXRUN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_vmm() -> i32 {
+    use crate::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD};
+    let adopt = |fd| crate::jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
+    match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD)) {
+        (Ok(control), Ok(guest)) => crate::vmm::runtime::run(control, guest),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("sbxrun __vmm is started by sbxrun itself: {e}");
+            EXIT_INFRA
+        }
+    }
 }

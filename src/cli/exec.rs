@@ -1,0 +1,179 @@
+//! `sbxrun exec`: one command, one fresh microVM, its exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
+
+use super::units::{parse_duration, parse_size};
+use crate::assets::{self, Asset};
+use crate::errors::{EXIT_INFRA, EXIT_USAGE};
+use crate::pool::launch::{boot_cold, VmShape};
+use crate::pool::{session, OutputStream, RunError};
+
+/// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// Arguments of `sbxrun exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Root image: an ext4 file (default: the image `make assets` builds).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Guest kernel (an ELF vmlinux with a PVH entry).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs holding guest-init.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Guest memory.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub vcpus: u8,
+    /// Kill the command after this long (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Environment for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    #[arg(long, default_value = "/work")]
+    pub cwd: String,
+    /// Run as root instead of the unprivileged user.
+    #[arg(long)]
+    pub root: bool,
+    /// Write the guest's serial console here.
+    #[arg(long)]
+    pub console_log: Option<PathBuf>,
+    /// Print boot and run timings to stderr.
+    #[arg(long)]
+    pub timings: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+/// Runs `sbxrun exec`; returns the exit code.
+pub fn run(args: ExecArgs) -> i32 {
+    let kvm = crate::host::probe_kvm();
+    if !kvm.accessible {
+        eprintln!(
+            "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
+            kvm.error.as_deref().unwrap_or("unknown error")
+        );
+        return EXIT_INFRA;
+    }
+    let resolve = |asset, explicit: &Option<PathBuf>| assets::require(asset, explicit.as_deref());
+    let (kernel, initramfs, image) = match (
+        resolve(Asset::Kernel, &args.kernel),
+        resolve(Asset::Initramfs, &args.initramfs),
+        resolve(Asset::Image, &args.image),
+    ) {
+        (Ok(k), Ok(i), Ok(r)) => (k, i, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("sbxrun: {e}");
+            return EXIT_INFRA;
+        }
+    };
+    let Ok(memory_mib) = u32::try_from(args.memory >> 20) else {
+        eprintln!("sbxrun: --memory is too large");
+        return EXIT_USAGE;
+    };
+    let shape = VmShape {
+        kernel,
+        initramfs,
+        image,
+        memory_mib,
+        vcpus: args.vcpus,
+        flavour: kvm.flavour,
+    };
+
+    let mut booted = match boot_cold(&shape, args.console_log.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("sbxrun: cannot start the VM: {}", crate::errors::chain(&e));
+            return EXIT_INFRA;
+        }
+    };
+    let request = RunRequest {
+        command: GuestCommand::Argv(args.command.clone()),
+        env: args.env.clone(),
+        cwd: args.cwd.clone(),
+        user: if args.root {
+            User::Root
+        } else {
+            User::Unprivileged
+        },
+        rlimits: Default::default(),
+        unix_time_ns: session::host_clock_ns(),
+        rng_seed: session::fresh_seed(),
+        timeout_ms: Some(args.timeout.as_millis() as u64),
+        stdin: None,
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut forward = |stream: OutputStream, bytes: &[u8]| {
+        // Our own stdout closing (e.g. `| head`) must not kill the VM mid-run.
+        let _ = match stream {
+            OutputStream::Stdout => stdout
+                .lock()
+                .write_all(bytes)
+                .and_then(|_| stdout.lock().flush()),
+            OutputStream::Stderr => stderr.lock().write_all(bytes),
+        };
+    };
+    // The host deadline leaves the guest a moment to report its own timeout.
+    let host_timeout = args.timeout + Duration::from_secs(5);
+    let result = session::run(&mut booted.vm, &request, host_timeout, &mut forward);
+    if args.timings {
+        eprintln!(
+            "sbxrun: boot {:?} (vmm setup {} us)",
+            booted.boot_time, booted.vm.setup_us
+        );
+    }
+    let code = match result {
+        Ok(outcome) => {
+            if args.timings {
+                eprintln!("sbxrun: run {:?}", outcome.wall);
+            }
+            match outcome.exited.status {
+                _ if outcome.exited.timed_out => {
+                    eprintln!("sbxrun: command timed out after {:?}", args.timeout);
+                    EXIT_TIMEOUT
+                }
+                ExitStatus::Code(c) => c,
+                ExitStatus::Signal(s) => {
+                    eprintln!("sbxrun: command killed by signal {s}");
+                    128 + s
+                }
+            }
+        }
+        Err(RunError::Timeout(_)) => {
+            eprintln!("sbxrun: command timed out after {:?}", args.timeout);
+            EXIT_TIMEOUT
+        }
+        Err(RunError::Guest(report))
+            if report.code == guest_init::proto::ErrorCode::CommandNotFound =>
+        {
+            eprintln!("sbxrun: {}", report.message);
+            127
+        }
+        Err(e) => {
+            eprintln!("sbxrun: {}", crate::errors::chain(&e));
+            EXIT_INFRA
+        }
+    };
+    booted.vm.shutdown();
+    code
+}

@@ -1,0 +1,9 @@
+//! MicroVMs as the runner sees them: separate `__vmm` processes driven
+//! through the control protocol, and the guest sessions inside them.
+
+pub mod launch;
+pub mod session;
+pub mod vm;
+
+pub use session::{OutputStream, RunError, RunOutcome};
+pub use vm::{VmHandle, VmHandleError};

@@ -1,0 +1,256 @@
+//! One `__vmm` child process: spawn it, feed it its config, and turn what
+//! it and the guest send into one ordered stream of events.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use guest_init::proto::{FrameDecoder, GuestMsg, ProtoError};
+
+use crate::vmm::api::{
+    read_frame, write_frame, FrameError, VmConfig, VmExit, VmmEvent, VmmRequest,
+};
+
+/// Descriptor numbers of the two channels in the child.
+pub const CHILD_CONTROL_FD: i32 = 3;
+/// See [`CHILD_CONTROL_FD`].
+pub const CHILD_GUEST_FD: i32 = 4;
+
+/// Errors starting or talking to a VMM process.
+#[derive(Debug, thiserror::Error)]
+pub enum VmHandleError {
+    #[error("cannot create the channels to the VMM")]
+    Channels(#[source] std::io::Error),
+    #[error("cannot start the VMM process {exe}")]
+    Spawn {
+        exe: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control channel to the VMM")]
+    Control(#[from] FrameError),
+    #[error("the VM stopped: {}", .0.describe())]
+    Exited(VmExit),
+    #[error("the VMM process ended without reporting why")]
+    VmmGone,
+    #[error("no answer from the VM within {0:?}")]
+    Timeout(Duration),
+    #[error("the guest broke the protocol")]
+    Protocol(#[from] ProtoError),
+    #[error("cannot send to the guest")]
+    GuestSend(#[source] std::io::Error),
+    #[error("the guest sent {0} where it should not")]
+    Unexpected(&'static str),
+}
+
+/// Something that happened in or around the VM.
+#[derive(Debug)]
+pub enum VmEvent {
+    Guest(GuestMsg),
+    /// The guest's byte stream could not be decoded; nothing after it is trusted.
+    GuestProtocol(ProtoError),
+    Vmm(VmmEvent),
+    /// The control channel closed (the VMM process is gone).
+    VmmGone,
+}
+
+/// A running VM in its own process. Dropping it kills the process.
+pub struct VmHandle {
+    child: Child,
+    control: UnixStream,
+    guest: UnixStream,
+    events: Receiver<VmEvent>,
+    exit: Option<VmExit>,
+    /// VMM-side setup time reported at start.
+    pub setup_us: u64,
+}
+
+impl VmHandle {
+    /// Starts a VMM process for `config` and waits until its vCPU runs.
+    pub fn spawn(config: &VmConfig, timeout: Duration) -> Result<Self, VmHandleError> {
+        let (control, child_control) = UnixStream::pair().map_err(VmHandleError::Channels)?;
+        let (guest, child_guest) = UnixStream::pair().map_err(VmHandleError::Channels)?;
+        let exe = vmm_executable();
+        let mut cmd = Command::new(&exe);
+        cmd.arg("__vmm")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd.fd_mappings(vec![
+            FdMapping {
+                parent_fd: OwnedFd::from(child_control),
+                child_fd: CHILD_CONTROL_FD,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(child_guest),
+                child_fd: CHILD_GUEST_FD,
+            },
+        ])
+        .map_err(|_| VmHandleError::Channels(std::io::Error::other("descriptor collision")))?;
+        let child = cmd.spawn().map_err(|source| VmHandleError::Spawn {
+            exe: exe.display().to_string(),
+            source,
+        })?;
+        drop(cmd);
+
+        let (tx, events) = mpsc::channel();
+        spawn_control_reader(
+            control.try_clone().map_err(VmHandleError::Channels)?,
+            tx.clone(),
+        );
+        spawn_guest_reader(guest.try_clone().map_err(VmHandleError::Channels)?, tx);
+
+        let mut handle = VmHandle {
+            child,
+            control,
+            guest,
+            events,
+            exit: None,
+            setup_us: 0,
+        };
+        write_frame(&mut handle.control, config)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match handle.next_event(deadline)? {
+                VmEvent::Vmm(VmmEvent::Started { setup_us }) => {
+                    handle.setup_us = setup_us;
+                    return Ok(handle);
+                }
+                VmEvent::Guest(_) => {
+                    return Err(VmHandleError::Unexpected("output before the VM started"))
+                }
+                other => handle.fail_on(other)?,
+            }
+        }
+    }
+
+    /// The next event, or an error once `deadline` passes.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<VmEvent, VmHandleError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(wait) {
+            Ok(event) => {
+                if let VmEvent::Vmm(VmmEvent::Exited { exit }) = &event {
+                    self.exit = Some(exit.clone());
+                }
+                Ok(event)
+            }
+            Err(RecvTimeoutError::Timeout) => Err(VmHandleError::Timeout(wait)),
+            Err(RecvTimeoutError::Disconnected) => Err(VmHandleError::VmmGone),
+        }
+    }
+
+    /// Turns an event that ends the conversation into its error.
+    pub fn fail_on(&mut self, event: VmEvent) -> Result<(), VmHandleError> {
+        match event {
+            VmEvent::Vmm(VmmEvent::Exited { exit }) => Err(VmHandleError::Exited(exit)),
+            VmEvent::Vmm(VmmEvent::Started { .. }) => {
+                Err(VmHandleError::Unexpected("a second start"))
+            }
+            VmEvent::GuestProtocol(e) => Err(VmHandleError::Protocol(e)),
+            VmEvent::VmmGone => Err(self
+                .exit
+                .clone()
+                .map(VmHandleError::Exited)
+                .unwrap_or(VmHandleError::VmmGone)),
+            VmEvent::Guest(_) => Err(VmHandleError::Unexpected("an unexpected message")),
+        }
+    }
+
+    /// Sends raw protocol bytes to guest-init.
+    pub fn send_to_guest(&mut self, bytes: &[u8]) -> Result<(), VmHandleError> {
+        use std::io::Write;
+        self.guest
+            .write_all(bytes)
+            .map_err(VmHandleError::GuestSend)
+    }
+
+    /// How the VM ended, once it has.
+    pub fn exit(&self) -> Option<&VmExit> {
+        self.exit.as_ref()
+    }
+
+    /// Asks the VMM to stop and waits briefly; kills it if it does not.
+    pub fn shutdown(mut self) {
+        let _ = write_frame(&mut self.control, &VmmRequest::Shutdown);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Drop kills.
+    }
+
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary that runs `__vmm`: this executable, or `SBXRUN_VMM_EXE` (tests
+/// and benchmarks, whose own executable is not sbxrun).
+pub fn vmm_executable() -> PathBuf {
+    if let Some(p) = std::env::var_os("SBXRUN_VMM_EXE") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sbxrun"))
+}
+
+fn spawn_control_reader(mut control: UnixStream, tx: mpsc::Sender<VmEvent>) {
+    std::thread::spawn(move || loop {
+        match read_frame::<VmmEvent>(&mut control) {
+            Ok(Some(event)) => {
+                if tx.send(VmEvent::Vmm(event)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                let _ = tx.send(VmEvent::VmmGone);
+                return;
+            }
+        }
+    });
+}
+
+fn spawn_guest_reader(mut guest: UnixStream, tx: mpsc::Sender<VmEvent>) {
+    std::thread::spawn(move || {
+        let mut decoder = FrameDecoder::<GuestMsg>::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match guest.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            decoder.feed(&buf[..n]);
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(msg)) => {
+                        if tx.send(VmEvent::Guest(msg)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(VmEvent::GuestProtocol(e));
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
