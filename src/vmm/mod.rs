@@ -5,4 +5,5 @@ pub mod boot;
 pub mod devices;
 pub mod layout;
 pub mod runtime;
+pub mod snapshot;
 pub mod vstate;

@@ -3,5 +3,6 @@
 
 pub mod cpuid;
 pub mod memory;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;
