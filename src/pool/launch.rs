@@ -47,6 +47,7 @@ impl VmShape {
             }],
             extra_cmdline: String::new(),
             console_log,
+            restore: None,
         }
     }
 }

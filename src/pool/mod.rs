@@ -3,6 +3,7 @@
 
 pub mod launch;
 pub mod session;
+pub mod snapshot;
 pub mod vm;
 
 pub use session::{OutputStream, RunError, RunOutcome};

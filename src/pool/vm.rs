@@ -161,6 +161,11 @@ impl VmHandle {
         }
     }
 
+    /// Sends a request to the VMM.
+    pub fn request(&mut self, request: &VmmRequest) -> Result<(), VmHandleError> {
+        write_frame(&mut self.control, request).map_err(VmHandleError::Control)
+    }
+
     /// Sends raw protocol bytes to guest-init.
     pub fn send_to_guest(&mut self, bytes: &[u8]) -> Result<(), VmHandleError> {
         use std::io::Write;

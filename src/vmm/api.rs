@@ -47,6 +47,18 @@ pub struct VmConfig {
     pub extra_cmdline: String,
     /// Where the guest's serial console goes; `None` discards it.
     pub console_log: Option<PathBuf>,
+    /// Restore this snapshot instead of booting the kernel.
+    #[serde(default)]
+    pub restore: Option<SnapshotFiles>,
+}
+
+/// The two files of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFiles {
+    /// Versioned, checksummed vCPU, VM and device state.
+    pub state: PathBuf,
+    /// Guest RAM image, mapped copy-on-write on restore.
+    pub memory: PathBuf,
 }
 
 /// Runner -> VMM.
@@ -55,6 +67,8 @@ pub struct VmConfig {
 pub enum VmmRequest {
     /// Stop the VM now and exit.
     Shutdown,
+    /// Pause the VM, write its snapshot to these files, and exit.
+    Snapshot { files: SnapshotFiles },
 }
 
 /// VMM -> runner.
@@ -65,6 +79,15 @@ pub enum VmmEvent {
     Started {
         /// Time spent by the VMM between process start and the first vCPU entry.
         setup_us: u64,
+    },
+    /// The snapshot was written; the process exits right after sending this.
+    Snapshotted {
+        /// Time to stop the vCPU and collect its state.
+        pause_us: u64,
+        /// Time to write state and memory.
+        save_us: u64,
+        /// Bytes of guest memory actually written (zero pages are holes).
+        memory_bytes: u64,
     },
     /// The VM is gone; the process exits right after sending this.
     Exited { exit: VmExit },

@@ -1,56 +1,80 @@
 //! The body of a `__vmm` process: build the VM from the runner's
-//! [`VmConfig`], run it, report how it ended.
+//! [`VmConfig`] (cold boot or snapshot restore), run it, and report how it
+//! ended — or pause it and write its snapshot.
 //!
 //! Threads: the vCPU thread (guest execution, device emulation on exits),
 //! the guest-input pump (runner bytes -> virtio-console), the control reader
-//! (runner requests). The main thread waits for the first of them to finish
-//! the VM, reports, and exits the process, which tears everything down.
+//! (runner requests). The main thread waits for the first of them to end
+//! the VM, reports, and returns; the process exit tears everything down.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::api::{read_frame, write_frame, VmConfig, VmExit, VmmEvent, VmmRequest};
+use super::api::{read_frame, write_frame, SnapshotFiles, VmConfig, VmExit, VmmEvent, VmmRequest};
 use super::boot::{self, cmdline};
-use super::devices::attach::VirtioSet;
+use super::devices::attach::{VirtioSet, VirtioSetState};
 use super::devices::bus::MmioBus;
-use super::devices::legacy::serial::{ConsoleTranscript, SerialConsole};
+use super::devices::legacy::serial::{ConsoleTranscript, SerialConsole, SerialSnapshot};
 use super::layout::*;
-use super::vstate::memory::create_guest_memory;
+use super::snapshot;
+use super::vstate::memory::{create_guest_memory, dump_sparse, map_snapshot};
+use super::vstate::persist::{self, VcpuState, VmState};
 use super::vstate::vcpu::{ExitHandler, Vcpu};
 use super::vstate::vm::Vm;
 
-/// Why the VM could not be built.
+/// Why the VM could not be built, restored or snapshotted.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub enum RuntimeError {
     #[error("guest memory")]
     Memory(#[from] super::vstate::memory::MemoryError),
     #[error("KVM VM")]
     Vm(#[from] super::vstate::vm::VmError),
     #[error("vCPU")]
     Vcpu(#[from] super::vstate::vcpu::VcpuError),
+    #[error("KVM state")]
+    Persist(#[from] persist::PersistError),
     #[error("boot")]
     Boot(#[from] boot::BootError),
     #[error("devices")]
     Devices(#[from] super::devices::attach::AttachError),
-    #[error("cannot open the console log {path}")]
-    ConsoleLog {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("snapshot state file {path}")]
+    StateFile { path: String, #[source] source: snapshot::SnapshotFileError },
+    #[error("snapshot was taken of a different VM shape: {0}")]
+    ShapeMismatch(String),
+    #[error("cannot open {path}")]
+    Open { path: String, #[source] source: std::io::Error },
     #[error("control channel")]
     Control(#[from] super::api::FrameError),
     #[error("the runner closed the control channel before sending a VM config")]
     NoConfig,
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    #[error("serial console")]
+    Serial(#[from] super::devices::legacy::serial::SerialRestoreError),
+    #[error("the vCPU did not pause within {0:?}")]
+    PauseTimeout(Duration),
+}
+
+/// Everything a snapshot holds besides guest memory.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotState {
+    pub memory_mib: u32,
+    pub disk_count: usize,
+    pub cmdline: String,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub serial: SerialSnapshot,
+    pub virtio: VirtioSetState,
 }
 
 /// Port I/O and MMIO as seen from the vCPU thread.
@@ -94,130 +118,228 @@ impl ExitHandler for Platform {
 /// code for the process.
 pub fn run(mut ctl: UnixStream, guest: UnixStream) -> i32 {
     let started = Instant::now();
-    let exit = match setup_and_run(&mut ctl, guest, started) {
-        Ok(exit) => exit,
-        Err(e) => VmExit::HostError {
-            message: error_chain(&e),
-        },
+    let event = match run_vm(&mut ctl, guest, started) {
+        Ok(event) => event,
+        Err(e) => VmmEvent::Exited { exit: VmExit::HostError { message: crate::errors::chain(&e) } },
     };
-    match write_frame(&mut ctl, &VmmEvent::Exited { exit }) {
+    match write_frame(&mut ctl, &event) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 enum Finished {
-    Vcpu(Option<VmExit>),
+    Exit(VmExit),
+    /// The vCPU stopped on request; its state and the platform come back.
+    Paused(Box<Result<VcpuState, persist::PersistError>>, Box<Platform>),
+    SnapshotRequested(SnapshotFiles),
     ShutdownRequested,
     RunnerGone,
 }
 
-fn setup_and_run(
-    ctl: &mut UnixStream,
-    guest: UnixStream,
-    started: Instant,
-) -> Result<VmExit, SetupError> {
-    let config: VmConfig = read_frame(ctl)?.ok_or(SetupError::NoConfig)?;
+/// The signal that kicks the vCPU thread out of KVM_RUN. Its handler does
+/// nothing: the point is the EINTR.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
 
-    // Everything the VM needs from the host filesystem is opened here, before
-    // the guest runs, so the process can later be jailed without a filesystem.
-    let console_log: Option<Box<dyn Write + Send>> = match &config.console_log {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| SetupError::ConsoleLog {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            Some(Box::new(LineWriter::new(file)))
-        }
-        None => None,
-    };
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-    let memory: GuestMemoryMmap = create_guest_memory(config.memory_mib)?;
-    let vm = Vm::new(&memory)?;
+struct Built {
+    vm: Vm,
+    memory: GuestMemoryMmap,
+    vcpu: Vcpu,
+    platform: Platform,
+    virtio: VirtioSet,
+    transcript: Arc<Mutex<ConsoleTranscript>>,
+    cmdline: String,
+}
+
+fn open_console_log(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, RuntimeError> {
+    let Some(path) = &config.console_log else { return Ok(None) };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| RuntimeError::Open { path: path.display().to_string(), source })?;
+    Ok(Some(Box::new(LineWriter::new(file))))
+}
+
+/// Builds a VM, opening every host file it needs before any guest code runs
+/// (so the process can be jailed without a filesystem).
+fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
+    let console_log = open_console_log(config)?;
     let transcript = Arc::new(Mutex::new(ConsoleTranscript::default()));
-    let serial = SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
-
+    let guest_out = Box::new(guest.try_clone().map_err(RuntimeError::Thread)?);
     let mut bus = MmioBus::default();
-    let guest_out = guest.try_clone().map_err(SetupError::Thread)?;
-    let virtio = VirtioSet::new(&vm, &memory, &config.disks, Box::new(guest_out), &mut bus)?;
+    let vcpus = config.vcpus.max(1);
 
-    let line = cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
-    let entry = boot::load_pvh(&memory, &config.kernel, &config.initramfs, &line)?;
-    let mut vcpu = Vcpu::new(&vm, 0, config.vcpus.max(1), config.flavour)?;
-    vcpu.configure_pvh_boot(entry.0)?;
+    match &config.restore {
+        None => {
+            let memory = create_guest_memory(config.memory_mib)?;
+            let vm = Vm::new(&memory)?;
+            let serial = SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
+            let virtio = VirtioSet::new(&vm, &memory, &config.disks, guest_out, &mut bus)?;
+            let cmdline = cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
+            let entry = boot::load_pvh(&memory, &config.kernel, &config.initramfs, &cmdline)?;
+            let vcpu = Vcpu::new(&vm, 0, vcpus, config.flavour)?;
+            vcpu.configure_pvh_boot(entry.0)?;
+            Ok(Built { vm, memory, vcpu, platform: Platform { serial, bus }, virtio, transcript, cmdline })
+        }
+        Some(files) => {
+            let state: SnapshotState = snapshot::read_file(&files.state)
+                .map_err(|source| RuntimeError::StateFile { path: files.state.display().to_string(), source })?;
+            if state.memory_mib != config.memory_mib
+                || state.disk_count != config.disks.len()
+                || state.vcpus.len() != usize::from(vcpus)
+            {
+                return Err(RuntimeError::ShapeMismatch(format!(
+                    "snapshot has {} MiB, {} disks, {} vCPUs",
+                    state.memory_mib,
+                    state.disk_count,
+                    state.vcpus.len()
+                )));
+            }
+            let mem_file = File::open(&files.memory)
+                .map_err(|source| RuntimeError::Open { path: files.memory.display().to_string(), source })?;
+            let memory = map_snapshot(mem_file, config.memory_mib)?;
+            let vm = Vm::new(&memory)?;
+            persist::restore_vm(vm.fd(), &state.vm)?;
+            let serial = SerialConsole::from_snapshot(
+                &state.serial,
+                vm.irq_eventfd(SERIAL_IRQ)?,
+                console_log,
+                transcript.clone(),
+            )?;
+            let virtio = VirtioSet::restore(&vm, &memory, &config.disks, guest_out, &mut bus, &state.virtio)?;
+            let vcpu = Vcpu::new(&vm, 0, vcpus, config.flavour)?;
+            persist::restore_vcpu(vcpu.fd(), &state.vcpus[0])?;
+            Ok(Built {
+                vm,
+                memory,
+                vcpu,
+                platform: Platform { serial, bus },
+                virtio,
+                transcript,
+                cmdline: state.cmdline,
+            })
+        }
+    }
+}
 
+fn run_vm(ctl: &mut UnixStream, guest: UnixStream, started: Instant) -> Result<VmmEvent, RuntimeError> {
+    let config: VmConfig = read_frame(ctl)?.ok_or(RuntimeError::NoConfig)?;
+    let Built { vm, memory, mut vcpu, mut platform, virtio, transcript, cmdline } = build(&config, &guest)?;
+    register_signal_handler(kick_signal(), on_kick).map_err(|e| RuntimeError::Thread(e.into()))?;
+
+    let vm = Arc::new(vm);
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut platform = Platform { serial, bus };
-    {
+    let vcpu_thread = {
         let done = done_tx.clone();
         let stop = stop.clone();
+        let vm = vm.clone();
         std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
-                // The VM and memory must outlive guest execution.
-                let _keep = (&vm, &memory);
-                let exit = vcpu.run(&mut platform, &stop);
-                let _ = done.send(Finished::Vcpu(exit));
-                // Park instead of returning: dropping the VM here would race the
-                // main thread's report; process exit cleans up.
+                let finished = match vcpu.run(&mut platform, &stop) {
+                    Some(exit) => Finished::Exit(exit),
+                    None => {
+                        vcpu.finish_pending_exit();
+                        let state = persist::save_vcpu(vm.kvm(), vcpu.fd());
+                        Finished::Paused(Box::new(state), Box::new(platform))
+                    }
+                };
+                let _ = done.send(finished);
+                // The vCPU fd must stay open until the process exits: closing
+                // it while the main thread still saves VM state would race.
                 loop {
                     std::thread::park();
                 }
             })
-            .map_err(SetupError::Thread)?;
-    }
-    virtio.spawn_input_pump(guest).map_err(SetupError::Thread)?;
-    {
-        let done = done_tx;
-        let mut ctl_in = ctl.try_clone().map_err(SetupError::Thread)?;
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                let finished = loop {
-                    match read_frame::<VmmRequest>(&mut ctl_in) {
-                        Ok(Some(VmmRequest::Shutdown)) => break Finished::ShutdownRequested,
-                        Ok(None) | Err(_) => break Finished::RunnerGone,
-                    }
-                };
-                let _ = done.send(finished);
-            })
-            .map_err(SetupError::Thread)?;
-    }
+            .map_err(RuntimeError::Thread)?
+    };
+    virtio.spawn_input_pump(guest).map_err(RuntimeError::Thread)?;
+    spawn_control_reader(ctl.try_clone().map_err(RuntimeError::Thread)?, done_tx)?;
 
-    write_frame(
-        ctl,
-        &VmmEvent::Started {
-            setup_us: started.elapsed().as_micros() as u64,
-        },
-    )?;
+    write_frame(ctl, &VmmEvent::Started { setup_us: started.elapsed().as_micros() as u64 })?;
 
     let finished = done_rx.recv().unwrap_or(Finished::RunnerGone);
-    let panic_line = transcript
-        .lock()
-        .ok()
-        .and_then(|t| t.panic_line().map(str::to_string));
-    Ok(match (finished, panic_line) {
-        (_, Some(line)) => VmExit::GuestPanic { line },
-        (Finished::Vcpu(Some(exit)), None) => exit,
-        (Finished::Vcpu(None), None) | (Finished::ShutdownRequested, None) => VmExit::GuestReset,
-        (Finished::RunnerGone, None) => VmExit::HostError {
-            message: "the runner went away".into(),
-        },
-    })
+    let panic_line = || transcript.lock().ok().and_then(|t| t.panic_line().map(str::to_string));
+    let exit = match finished {
+        Finished::SnapshotRequested(files) => {
+            let ctx = SnapshotContext { vm: &vm, memory: &memory, virtio: &virtio, config: &config, cmdline };
+            return snapshot_vm(ctx, &files, &stop, &vcpu_thread, &done_rx);
+        }
+        Finished::Exit(exit) => panic_line().map(|line| VmExit::GuestPanic { line }).unwrap_or(exit),
+        Finished::Paused(..) | Finished::ShutdownRequested => VmExit::GuestReset,
+        Finished::RunnerGone => VmExit::HostError { message: "the runner went away".into() },
+    };
+    Ok(VmmEvent::Exited { exit })
+}
+
+fn spawn_control_reader(mut ctl: UnixStream, done: mpsc::Sender<Finished>) -> Result<(), RuntimeError> {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let finished = match read_frame::<VmmRequest>(&mut ctl) {
+                Ok(Some(VmmRequest::Shutdown)) => Finished::ShutdownRequested,
+                Ok(Some(VmmRequest::Snapshot { files })) => Finished::SnapshotRequested(files),
+                Ok(None) | Err(_) => Finished::RunnerGone,
+            };
+            let _ = done.send(finished);
+        })
+        .map_err(RuntimeError::Thread)?;
+    Ok(())
+}
+
+struct SnapshotContext<'a> {
+    vm: &'a Vm,
+    memory: &'a GuestMemoryMmap,
+    virtio: &'a VirtioSet,
+    config: &'a VmConfig,
+    cmdline: String,
+}
+
+/// Stops the vCPU, then saves vCPU, VM, device state and memory.
+fn snapshot_vm(
+    ctx: SnapshotContext<'_>,
+    files: &SnapshotFiles,
+    stop: &AtomicBool,
+    vcpu_thread: &JoinHandle<()>,
+    done: &Receiver<Finished>,
+) -> Result<VmmEvent, RuntimeError> {
+    const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+    let pause_started = Instant::now();
+    stop.store(true, Ordering::Release);
+    // A signal that lands just before the vCPU enters KVM_RUN is lost, so
+    // keep kicking until it reports back.
+    let (vcpu_state, platform) = loop {
+        let _ = vcpu_thread.kill(kick_signal());
+        match done.recv_timeout(Duration::from_millis(2)) {
+            Ok(Finished::Paused(state, platform)) => break ((*state)?, platform),
+            Ok(Finished::Exit(exit)) => return Ok(VmmEvent::Exited { exit }),
+            Ok(_) | Err(RecvTimeoutError::Timeout) if pause_started.elapsed() < PAUSE_TIMEOUT => {}
+            Ok(_) | Err(_) => return Err(RuntimeError::PauseTimeout(PAUSE_TIMEOUT)),
+        }
+    };
+    let pause_us = pause_started.elapsed().as_micros() as u64;
+
+    let save_started = Instant::now();
+    let state = SnapshotState {
+        memory_mib: ctx.config.memory_mib,
+        disk_count: ctx.config.disks.len(),
+        cmdline: ctx.cmdline,
+        vm: persist::save_vm(ctx.vm.fd())?,
+        vcpus: vec![vcpu_state],
+        serial: platform.serial.snapshot(),
+        virtio: ctx.virtio.save()?,
+    };
+    snapshot::write_file(&files.state, &state)
+        .map_err(|source| RuntimeError::StateFile { path: files.state.display().to_string(), source })?;
+    let open_err = |source| RuntimeError::Open { path: files.memory.display().to_string(), source };
+    let mem_file = File::create(&files.memory).map_err(open_err)?;
+    let memory_bytes = dump_sparse(ctx.memory, u64::from(ctx.config.memory_mib) << 20, &mem_file)?;
+    mem_file.sync_all().map_err(open_err)?;
+    Ok(VmmEvent::Snapshotted { pause_us, save_us: save_started.elapsed().as_micros() as u64, memory_bytes })
 }

@@ -251,9 +251,14 @@ impl Vcpu {
         VmExit::EmulationFailure { rip, insn }
     }
 
-    /// Makes the next KVM_RUN return at once (used with a signal to pause).
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
+    /// Completes the exit the vCPU last returned with (KVM applies an MMIO
+    /// or port read's data only on the next KVM_RUN) without running guest
+    /// code, so a snapshot taken now loses no half-done I/O.
+    pub fn finish_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        // Expected to fail with EINTR at once: that is the point.
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -124,26 +125,65 @@ impl SerialConsole {
     }
 
     /// The UART's register state, for snapshots.
-    pub fn state(&self) -> vm_superio::serial::SerialState {
-        self.uart.state()
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let st = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            in_buffer: st.in_buffer,
+        }
     }
 
-    /// Rebuilds a UART from snapshot state.
-    pub fn from_state(
-        state: &vm_superio::serial::SerialState,
+    /// Rebuilds a UART from snapshot state. Forgetting this state (e.g.
+    /// the interrupt enable register) silently stalls the guest's console.
+    pub fn from_snapshot(
+        snap: &SerialSnapshot,
         irq: EventFd,
         log: Option<Box<dyn Write + Send>>,
         transcript: Arc<Mutex<ConsoleTranscript>>,
-    ) -> Result<Self, vm_superio::serial::Error<io::Error>> {
-        let uart = Serial::from_state(
-            state,
-            IrqTrigger(irq),
-            NoEvents,
-            ConsoleSink { log, transcript },
-        )?;
+    ) -> Result<Self, SerialRestoreError> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            snap.registers;
+        let state = SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqTrigger(irq), NoEvents, ConsoleSink { log, transcript })
+            .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
         Ok(SerialConsole { uart })
     }
 }
+
+/// The UART state that does not survive a snapshot on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// Input bytes not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
+/// A snapshot's serial state was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid serial state in snapshot: {0}")]
+pub struct SerialRestoreError(String);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,208 @@
+//! The snapshot cache: one snapshot per VM shape, created by booting once,
+//! found again by a key over everything that shapes the VM.
+//!
+//! Layout: `<cache>/snapshots/<key>/{state,memory,meta.json}`. A snapshot
+//! is built in a temporary directory and renamed into place, so readers see
+//! a complete snapshot or none, and two runners racing to build the same
+//! one both succeed (the loser's copy is discarded).
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::launch::{boot_cold, VmShape};
+use super::vm::{VmEvent, VmHandleError};
+use crate::vmm::api::{SnapshotFiles, VmmEvent, VmmRequest};
+use crate::vmm::snapshot::{FORMAT_MAJOR, FORMAT_MINOR};
+
+/// Errors creating or validating snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read {path}")]
+    Io { path: String, #[source] source: std::io::Error },
+    #[error("cannot boot the VM to snapshot")]
+    Boot(#[source] VmHandleError),
+    #[error("the VMM did not write the snapshot")]
+    Create(#[source] VmHandleError),
+    #[error("snapshot {0} is damaged: {1}")]
+    Damaged(String, String),
+}
+
+/// What `meta.json` records next to a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub key: String,
+    pub format: String,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub image: PathBuf,
+    /// CRC32 of the memory file's full logical content.
+    pub memory_crc32: u32,
+    pub memory_bytes_written: u64,
+    pub boot_ms: u64,
+    pub created_unix: u64,
+}
+
+/// A snapshot on disk, checked and ready to restore from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    /// The two files a VMM restores from.
+    pub fn files(&self) -> SnapshotFiles {
+        SnapshotFiles { state: self.dir.join("state"), memory: self.dir.join("memory") }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io { path: path.display().to_string(), source }
+}
+
+/// Identity of an input file without reading it: path, size, mtime, inode.
+/// Assets built by the project live under content-hashed paths, so this is
+/// as strong as a content hash for them, at no cost.
+fn file_fingerprint(path: &Path, hasher: &mut Sha256) -> Result<(), SnapshotError> {
+    let canonical = fs::canonicalize(path).map_err(io_err(path))?;
+    let meta = fs::metadata(&canonical).map_err(io_err(path))?;
+    hasher.update(canonical.as_os_str().as_encoded_bytes());
+    hasher.update(meta.len().to_le_bytes());
+    hasher.update(meta.mtime().to_le_bytes());
+    hasher.update(meta.mtime_nsec().to_le_bytes());
+    hasher.update(meta.ino().to_le_bytes());
+    Ok(())
+}
+
+/// The pool key of a shape: everything that makes two VMs differ.
+pub fn shape_key(shape: &VmShape) -> Result<String, SnapshotError> {
+    let mut h = Sha256::new();
+    h.update(format!("sbxrun-snapshot-{FORMAT_MAJOR}.{FORMAT_MINOR}\n").as_bytes());
+    for file in [&shape.kernel, &shape.initramfs, &shape.image] {
+        file_fingerprint(file, &mut h)?;
+    }
+    let layout = shape.vm_config(None);
+    h.update(format!("{}:{}:{:?}:{}", shape.memory_mib, shape.vcpus, shape.flavour, layout.disks.len()).as_bytes());
+    for d in &layout.disks {
+        h.update(format!("{}:{}\n", d.read_only, d.id).as_bytes());
+    }
+    Ok(hex::encode(&h.finalize()[..12]))
+}
+
+/// CRC32 over a file's logical content (holes read as zeros).
+fn file_crc32(path: &Path) -> Result<u32, SnapshotError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// The snapshots directory of a cache.
+pub fn snapshots_dir(cache: &Path) -> PathBuf {
+    cache.join("snapshots")
+}
+
+/// Loads and checks the snapshot for `key`: `Ok(None)` when there is none,
+/// `Err(Damaged)` when it exists but must be rebuilt.
+pub fn load(cache: &Path, key: &str) -> Result<Option<Snapshot>, SnapshotError> {
+    let dir = snapshots_dir(cache).join(key);
+    let meta_path = dir.join("meta.json");
+    let text = match fs::read_to_string(&meta_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&meta_path)(e)),
+    };
+    let damaged = |why: String| SnapshotError::Damaged(dir.display().to_string(), why);
+    let meta: SnapshotMeta = serde_json::from_str(&text).map_err(|e| damaged(format!("meta.json: {e}")))?;
+    if meta.key != key {
+        return Err(damaged("meta.json names another key".into()));
+    }
+    let state_bytes = fs::read(dir.join("state")).map_err(|e| damaged(format!("state: {e}")))?;
+    crate::vmm::snapshot::decode::<serde::de::IgnoredAny>(&state_bytes).map_err(|e| damaged(format!("state: {e}")))?;
+    let memory = dir.join("memory");
+    let expected_len = u64::from(meta.memory_mib) << 20;
+    let len = fs::metadata(&memory).map_err(|e| damaged(format!("memory: {e}")))?.len();
+    if len != expected_len {
+        return Err(damaged(format!("memory is {len} bytes, expected {expected_len}")));
+    }
+    if file_crc32(&memory)? != meta.memory_crc32 {
+        return Err(damaged("memory checksum mismatch".into()));
+    }
+    Ok(Some(Snapshot { dir, meta }))
+}
+
+/// Boots `shape`, snapshots it at guest-init's ready point, and installs
+/// the snapshot under `key`. Safe to race with another process doing the same.
+pub fn create(cache: &Path, key: &str, shape: &VmShape, console_log: Option<PathBuf>) -> Result<Snapshot, SnapshotError> {
+    let root = snapshots_dir(cache);
+    fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = build_into(&tmp, key, shape, console_log);
+    let meta = match result {
+        Ok(meta) => meta,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let dir = root.join(key);
+    if fs::rename(&tmp, &dir).is_err() {
+        // Someone else installed it first (or a damaged one is in the way:
+        // the caller removed that before calling us, so it is a fresh one).
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(Snapshot { dir, meta })
+}
+
+fn build_into(tmp: &Path, key: &str, shape: &VmShape, console_log: Option<PathBuf>) -> Result<SnapshotMeta, SnapshotError> {
+    let started = Instant::now();
+    let mut booted = boot_cold(shape, console_log).map_err(SnapshotError::Boot)?;
+    let boot_ms = started.elapsed().as_millis() as u64;
+    let files = SnapshotFiles { state: tmp.join("state"), memory: tmp.join("memory") };
+    booted.vm.request(&VmmRequest::Snapshot { files: files.clone() }).map_err(SnapshotError::Create)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let memory_bytes_written = loop {
+        match booted.vm.next_event(deadline).map_err(SnapshotError::Create)? {
+            VmEvent::Vmm(VmmEvent::Snapshotted { memory_bytes, .. }) => break memory_bytes,
+            // guest-init may still be talking (e.g. late output); ignore it.
+            VmEvent::Guest(_) => {}
+            other => booted.vm.fail_on(other).map_err(SnapshotError::Create)?,
+        }
+    };
+    let meta = SnapshotMeta {
+        key: key.to_string(),
+        format: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+        memory_mib: shape.memory_mib,
+        vcpus: shape.vcpus,
+        kernel: shape.kernel.clone(),
+        initramfs: shape.initramfs.clone(),
+        image: shape.image.clone(),
+        memory_crc32: file_crc32(&files.memory)?,
+        memory_bytes_written,
+        boot_ms,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let meta_path = tmp.join("meta.json");
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| SnapshotError::Damaged(key.into(), e.to_string()))?;
+    fs::write(&meta_path, text).map_err(io_err(&meta_path))?;
+    Ok(meta)
+}
