@@ -17,6 +17,9 @@ use std::any::Any;
 
 use serde::{Deserialize, Serialize};
 
+pub use block::{Block, BlockError, BlockState};
+pub use console::{Console, ConsoleError, ConsoleState};
+pub use mmio::{MmioError, MmioTransport, MmioTransportState};
 pub use queue::{DescriptorChain, Queue, QueueContext, QueueError, QueueState};
 
 /// Virtio device ids (virtio 1.x, section 5).
@@ -87,9 +90,9 @@ pub enum VirtioError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
     /// A virtio-blk device.
-    Block(()),
+    Block(BlockState),
     /// A virtio-console device.
-    Console(()),
+    Console(ConsoleState),
 }
 
 /// A virtio device as seen by the transport.
@@ -126,4 +129,16 @@ pub trait VirtioDevice: Send {
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError>;
     /// For [`MmioTransport::with_device`], which needs the concrete type.
     fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Copies config bytes at `offset` into `data`; bytes past the end read 0.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
 }

@@ -607,6 +607,7 @@ pub struct QueueContext<'a> {
     queues: &'a mut [Queue],
     used_updated: bool,
     rejected_chains: u64,
+    broken: Option<QueueError>,
 }
 
 impl<'a> QueueContext<'a> {
@@ -617,6 +618,7 @@ impl<'a> QueueContext<'a> {
             queues,
             used_updated: false,
             rejected_chains: 0,
+            broken: None,
         }
     }
 
@@ -680,6 +682,18 @@ impl<'a> QueueContext<'a> {
     /// Whether any used ring changed since this context was made.
     pub fn used_updated(&self) -> bool {
         self.used_updated
+    }
+
+    /// Records that a queue is broken beyond one request, for work that
+    /// has no error path of its own (host-side input); the transport then
+    /// marks the device as needing a reset.
+    pub fn report_broken(&mut self, err: QueueError) {
+        self.broken.get_or_insert(err);
+    }
+
+    /// The first error given to [`Self::report_broken`].
+    pub fn take_broken(&mut self) -> Option<QueueError> {
+        self.broken.take()
     }
 
     /// How many malformed chains were rejected.

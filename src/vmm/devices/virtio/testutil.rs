@@ -3,8 +3,12 @@
 //! devices can be tested through real rings without a VM.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::mmio::{reg, MMIO_MAGIC};
 use super::queue::{Queue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use super::status;
+use crate::vmm::devices::BusDevice;
 
 /// Size of the test guest memory.
 pub const MEM_SIZE: usize = 0x10_0000;
@@ -141,4 +145,78 @@ impl TestRing {
         }
         out
     }
+}
+
+/// Reads a 32-bit mmio register.
+pub fn mmio_read(dev: &mut dyn BusDevice, offset: u64) -> u32 {
+    let mut data = [0u8; 4];
+    dev.read(offset, &mut data);
+    u32::from_le_bytes(data)
+}
+
+/// Writes a 32-bit mmio register.
+pub fn mmio_write(dev: &mut dyn BusDevice, offset: u64, value: u32) {
+    dev.write(offset, &value.to_le_bytes());
+}
+
+/// Probes a virtio-mmio device the way Linux 6.1 virtio_mmio does, up to
+/// and including DRIVER_OK; `accept` picks the driver features from the
+/// offered ones. Returns the final status register.
+pub fn linux_probe(dev: &mut dyn BusDevice, accept: impl Fn(u64) -> u64, rings: &[&TestRing]) -> u32 {
+    assert_eq!(mmio_read(dev, reg::MAGIC), MMIO_MAGIC);
+    assert_eq!(mmio_read(dev, reg::VERSION), 2);
+    assert_ne!(mmio_read(dev, reg::DEVICE_ID), 0);
+    mmio_write(dev, reg::STATUS, 0);
+    assert_eq!(mmio_read(dev, reg::STATUS), 0);
+    mmio_write(dev, reg::STATUS, status::ACKNOWLEDGE);
+    mmio_write(dev, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    mmio_write(dev, reg::DEVICE_FEATURES_SEL, 1);
+    let mut offered = u64::from(mmio_read(dev, reg::DEVICE_FEATURES)) << 32;
+    mmio_write(dev, reg::DEVICE_FEATURES_SEL, 0);
+    offered |= u64::from(mmio_read(dev, reg::DEVICE_FEATURES));
+    let acked = accept(offered);
+    mmio_write(dev, reg::DRIVER_FEATURES_SEL, 1);
+    mmio_write(dev, reg::DRIVER_FEATURES, (acked >> 32) as u32);
+    mmio_write(dev, reg::DRIVER_FEATURES_SEL, 0);
+    mmio_write(dev, reg::DRIVER_FEATURES, acked as u32);
+    let st = mmio_read(dev, reg::STATUS) | status::FEATURES_OK;
+    mmio_write(dev, reg::STATUS, st);
+    if mmio_read(dev, reg::STATUS) & status::FEATURES_OK == 0 {
+        return mmio_read(dev, reg::STATUS);
+    }
+    for (index, ring) in rings.iter().enumerate() {
+        mmio_write(dev, reg::QUEUE_SEL, index as u32);
+        assert_eq!(mmio_read(dev, reg::QUEUE_READY), 0);
+        let max = mmio_read(dev, reg::QUEUE_NUM_MAX);
+        assert!(max >= u32::from(ring.size));
+        mmio_write(dev, reg::QUEUE_NUM, u32::from(ring.size));
+        for (low, addr) in [
+            (reg::QUEUE_DESC_LOW, ring.desc),
+            (reg::QUEUE_DRIVER_LOW, ring.avail),
+            (reg::QUEUE_DEVICE_LOW, ring.used),
+        ] {
+            mmio_write(dev, low, addr as u32);
+            mmio_write(dev, low + 4, (addr >> 32) as u32);
+        }
+        mmio_write(dev, reg::QUEUE_READY, 1);
+    }
+    let st = mmio_read(dev, reg::STATUS) | status::DRIVER_OK;
+    mmio_write(dev, reg::STATUS, st);
+    mmio_read(dev, reg::STATUS)
+}
+
+/// Handles an interrupt as Linux vm_interrupt does: reads and acks the
+/// status; returns it (0 if the line was not raised).
+pub fn take_interrupt(dev: &mut dyn BusDevice, irq: &EventFd) -> u32 {
+    if irq.read().is_err() {
+        return 0;
+    }
+    let st = mmio_read(dev, reg::INTERRUPT_STATUS);
+    mmio_write(dev, reg::INTERRUPT_ACK, st);
+    st
+}
+
+/// A non-blocking eventfd standing in for the irqfd.
+pub fn irq() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).unwrap()
 }
