@@ -194,13 +194,19 @@ impl Block {
     }
 
     /// Runs one request; returns how many data bytes it wrote to the guest.
-    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<u32, BlockError> {
+    fn execute(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain,
+    ) -> Result<u32, BlockError> {
         let readable = chain.readable_len();
         if readable < HEADER_LEN {
             return Err(BlockError::HeaderTooShort(readable));
         }
         let mut header = [0u8; HEADER_LEN as usize];
-        chain.read_at(mem, 0, &mut header).map_err(BlockError::Queue)?;
+        chain
+            .read_at(mem, 0, &mut header)
+            .map_err(BlockError::Queue)?;
         let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
         let kind = u32::from_le_bytes([t0, t1, t2, t3]);
         let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
@@ -297,7 +303,11 @@ impl Block {
         Ok(())
     }
 
-    fn complete(&mut self, ctx: &mut QueueContext<'_>, chain: DescriptorChain) -> Result<(), QueueError> {
+    fn complete(
+        &mut self,
+        ctx: &mut QueueContext<'_>,
+        chain: DescriptorChain,
+    ) -> Result<(), QueueError> {
         let mem = ctx.mem();
         let writable = chain.writable_len();
         if writable == 0 {
@@ -361,7 +371,11 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext<'_>) -> Result<(), QueueError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        ctx: &mut QueueContext<'_>,
+    ) -> Result<(), QueueError> {
         if index != 0 || !self.activated {
             return Ok(());
         }

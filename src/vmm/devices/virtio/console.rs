@@ -242,7 +242,11 @@ impl VirtioDevice for Console {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext<'_>) -> Result<(), QueueError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        ctx: &mut QueueContext<'_>,
+    ) -> Result<(), QueueError> {
         if !self.activated {
             return Ok(());
         }

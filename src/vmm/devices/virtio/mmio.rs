@@ -269,11 +269,13 @@ impl MmioTransport {
         device
             .restore_state(&state.device)
             .map_err(MmioError::DeviceState)?;
-        let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
-        if state.driver_features & !offered != 0 {
-            return Err(MmioError::FeaturesNotOffered(state.driver_features));
-        }
+        // Before FEATURES_OK the driver may have written anything; only
+        // negotiated features must be ones this device offers.
         if state.status & status::FEATURES_OK != 0 {
+            let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
+            if state.driver_features & !offered != 0 {
+                return Err(MmioError::FeaturesNotOffered(state.driver_features));
+            }
             device.ack_features(state.driver_features);
         }
         let mut transport = Self {
@@ -444,8 +446,7 @@ impl MmioTransport {
     /// The selected queue if the driver may still configure it.
     fn configurable_queue(&mut self) -> Option<&mut Queue> {
         let activated = self.activated;
-        self.selected_queue()
-            .filter(|q| !q.ready() && !activated)
+        self.selected_queue().filter(|q| !q.ready() && !activated)
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
@@ -511,8 +512,8 @@ impl MmioTransport {
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
             reg::DRIVER_FEATURES => {
-                let negotiating = self.status & (status::DRIVER | status::FEATURES_OK)
-                    == status::DRIVER;
+                let negotiating =
+                    self.status & (status::DRIVER | status::FEATURES_OK) == status::DRIVER;
                 let shift = match self.driver_features_select {
                     0 => 0,
                     1 => 32,

@@ -162,7 +162,11 @@ pub fn mmio_write(dev: &mut dyn BusDevice, offset: u64, value: u32) {
 /// Probes a virtio-mmio device the way Linux 6.1 virtio_mmio does, up to
 /// and including DRIVER_OK; `accept` picks the driver features from the
 /// offered ones. Returns the final status register.
-pub fn linux_probe(dev: &mut dyn BusDevice, accept: impl Fn(u64) -> u64, rings: &[&TestRing]) -> u32 {
+pub fn linux_probe(
+    dev: &mut dyn BusDevice,
+    accept: impl Fn(u64) -> u64,
+    rings: &[&TestRing],
+) -> u32 {
     assert_eq!(mmio_read(dev, reg::MAGIC), MMIO_MAGIC);
     assert_eq!(mmio_read(dev, reg::VERSION), 2);
     assert_ne!(mmio_read(dev, reg::DEVICE_ID), 0);
