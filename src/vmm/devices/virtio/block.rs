@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::queue::{DescriptorChain, QueueContext, QueueError};
-use super::{device_type, features, read_config_bytes, DeviceState, VirtioDevice, VirtioError};
+use super::{
+    chunks, device_type, features, read_config_bytes, DeviceState, VirtioDevice, VirtioError,
+};
 
 /// Size of the only queue.
 pub const BLOCK_QUEUE_SIZE: u16 = 256;
@@ -267,16 +269,13 @@ impl Block {
         len: u32,
     ) -> Result<(), BlockError> {
         let mut buf = vec![0u8; (len as usize).min(CHUNK)];
-        let mut done = 0u64;
-        while done < u64::from(len) {
-            let n = (u64::from(len) - done).min(CHUNK as u64) as usize;
+        for (done, n) in chunks(u64::from(len), CHUNK) {
             self.file
                 .read_exact_at(&mut buf[..n], pos + done)
                 .map_err(BlockError::Io)?;
             chain
                 .write_at(mem, done, &buf[..n])
                 .map_err(BlockError::Queue)?;
-            done += n as u64;
         }
         Ok(())
     }
@@ -289,16 +288,13 @@ impl Block {
         len: u32,
     ) -> Result<(), BlockError> {
         let mut buf = vec![0u8; (len as usize).min(CHUNK)];
-        let mut done = 0u64;
-        while done < u64::from(len) {
-            let n = (u64::from(len) - done).min(CHUNK as u64) as usize;
+        for (done, n) in chunks(u64::from(len), CHUNK) {
             chain
                 .read_at(mem, u64::from(HEADER_LEN) + done, &mut buf[..n])
                 .map_err(BlockError::Queue)?;
             self.file
                 .write_all_at(&buf[..n], pos + done)
                 .map_err(BlockError::Io)?;
-            done += n as u64;
         }
         Ok(())
     }

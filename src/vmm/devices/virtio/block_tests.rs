@@ -35,8 +35,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn disk(read_only: bool) -> Disk {
+    disk_of(SECTORS, read_only)
+}
+
+fn disk_of(sectors: u64, read_only: bool) -> Disk {
     let mut file = tempfile::tempfile().unwrap();
-    file.write_all(&pattern((SECTORS * SECTOR_SIZE) as usize, 7))
+    file.write_all(&pattern((sectors * SECTOR_SIZE) as usize, 7))
         .unwrap();
     let block = Block::new(file.try_clone().unwrap(), read_only, ID).unwrap();
     let mem = memory();
@@ -360,4 +364,32 @@ fn block_save_restore_keeps_serving_and_checks_the_disk() {
     assert!(MmioTransport::restore(d.mem.clone(), irq(), Box::new(other), &state).is_err());
     let ro = Block::new(d.file.try_clone().unwrap(), true, ID).unwrap();
     assert!(MmioTransport::restore(d.mem.clone(), irq(), Box::new(ro), &state).is_err());
+}
+
+#[test]
+fn block_large_request_spans_several_bounce_chunks() {
+    let mut d = disk_of(1024, false);
+    let len = 300 * 1024u32;
+    let data = pattern(len as usize, 5);
+    d.mem.write_slice(&data, GuestAddress(0x40000)).unwrap();
+    d.header(VIRTIO_BLK_T_OUT, 100);
+    let (_, st) = d.submit(&[
+        (HDR, 16, false),
+        (0x40000, 4096, false),
+        (0x41000, len - 8192, false),
+        (0x40000 + u64::from(len) - 4096, 4096, false),
+        (STATUS, 1, true),
+    ]);
+    assert_eq!(st, VIRTIO_BLK_S_OK);
+    assert_eq!(
+        d.file_bytes()[100 * 512..100 * 512 + len as usize],
+        data[..]
+    );
+    d.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(0x40000))
+        .unwrap();
+    d.header(VIRTIO_BLK_T_IN, 100);
+    let (used, st) = d.submit(&[(HDR, 16, false), (0x40000, len, true), (STATUS, 1, true)]);
+    assert_eq!((used, st), (len + 1, VIRTIO_BLK_S_OK));
+    assert_eq!(d.guest_bytes(0x40000, len as usize), data);
 }

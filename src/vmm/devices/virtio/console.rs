@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::mmio::{MmioError, MmioTransport};
 use super::queue::{QueueContext, QueueError};
-use super::{device_type, features, read_config_bytes, DeviceState, VirtioDevice, VirtioError};
+use super::{
+    chunks, device_type, features, read_config_bytes, DeviceState, VirtioDevice, VirtioError,
+};
 
 /// Size of each queue.
 pub const CONSOLE_QUEUE_SIZE: u16 = 256;
@@ -177,13 +179,9 @@ impl Console {
                 ctx.add_used(TRANSMITQ, chain.head(), 0)?;
                 continue;
             }
-            let len = u64::from(chain.readable_len());
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(CHUNK as u64) as usize;
+            for (done, n) in chunks(u64::from(chain.readable_len()), CHUNK) {
                 chain.read_at(mem, done, &mut buf[..n])?;
                 self.write_output(&buf[..n]);
-                done += n as u64;
             }
             ctx.add_used(TRANSMITQ, chain.head(), 0)?;
         }

@@ -25,34 +25,61 @@ pub const MMIO_CONFIG_OFFSET: u64 = 0x100;
 
 /// Register offsets (virtio 1.x, section 4.2.2).
 pub mod reg {
-    #![allow(missing_docs)]
+    /// Magic value, "virt".
     pub const MAGIC: u64 = 0x000;
+    /// Transport version.
     pub const VERSION: u64 = 0x004;
+    /// Virtio device id.
     pub const DEVICE_ID: u64 = 0x008;
+    /// Vendor id.
     pub const VENDOR_ID: u64 = 0x00c;
+    /// 32 feature bits offered, chosen by DEVICE_FEATURES_SEL.
     pub const DEVICE_FEATURES: u64 = 0x010;
+    /// Which 32 bits DEVICE_FEATURES shows.
     pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    /// 32 feature bits accepted, chosen by DRIVER_FEATURES_SEL.
     pub const DRIVER_FEATURES: u64 = 0x020;
+    /// Which 32 bits DRIVER_FEATURES sets.
     pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    /// Queue the QUEUE_* registers refer to.
     pub const QUEUE_SEL: u64 = 0x030;
+    /// Maximum size of the selected queue (0: no such queue).
     pub const QUEUE_NUM_MAX: u64 = 0x034;
+    /// Size of the selected queue.
     pub const QUEUE_NUM: u64 = 0x038;
+    /// Selected queue is set up.
     pub const QUEUE_READY: u64 = 0x044;
+    /// Driver kicks the queue with this index.
     pub const QUEUE_NOTIFY: u64 = 0x050;
+    /// Why the interrupt was raised.
     pub const INTERRUPT_STATUS: u64 = 0x060;
+    /// Driver clears these InterruptStatus bits.
     pub const INTERRUPT_ACK: u64 = 0x064;
+    /// Device status; 0 resets.
     pub const STATUS: u64 = 0x070;
+    /// Descriptor table address, low half.
     pub const QUEUE_DESC_LOW: u64 = 0x080;
+    /// Descriptor table address, high half.
     pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    /// Available ring address, low half.
     pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    /// Available ring address, high half.
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    /// Used ring address, low half.
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    /// Used ring address, high half.
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    /// Shared memory region selector.
     pub const SHM_SEL: u64 = 0x0ac;
+    /// Shared memory length, low half.
     pub const SHM_LEN_LOW: u64 = 0x0b0;
+    /// Shared memory length, high half.
     pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    /// Shared memory base, low half.
     pub const SHM_BASE_LOW: u64 = 0x0b8;
+    /// Shared memory base, high half.
     pub const SHM_BASE_HIGH: u64 = 0x0bc;
+    /// Changes when config space changes.
     pub const CONFIG_GENERATION: u64 = 0x0fc;
 }
 

@@ -142,3 +142,37 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         data[..n].copy_from_slice(&src[..n]);
     }
 }
+
+/// Splits `len` bytes into consecutive (offset, length) pieces of at most
+/// `chunk` bytes, for copies through a bounce buffer of that size.
+pub(crate) fn chunks(len: u64, chunk: usize) -> impl Iterator<Item = (u64, usize)> {
+    let step = chunk.max(1) as u64;
+    (0..len.div_ceil(step)).map(move |i| {
+        let offset = i * step;
+        (offset, (len - offset).min(step) as usize)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_length_exactly() {
+        assert_eq!(chunks(0, 4).count(), 0);
+        assert_eq!(chunks(8, 4).collect::<Vec<_>>(), vec![(0, 4), (4, 4)]);
+        assert_eq!(
+            chunks(9, 4).collect::<Vec<_>>(),
+            vec![(0, 4), (4, 4), (8, 1)]
+        );
+    }
+
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut data);
+        assert_eq!(data, [2, 3, 0, 0]);
+        read_config_bytes(&[1, 2, 3], u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+}

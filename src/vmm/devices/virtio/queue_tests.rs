@@ -390,3 +390,12 @@ fn context_returns_malformed_chains_and_continues() {
     assert_eq!(ring.take_used(&mem), vec![(0, 0)]);
     assert!(matches!(ctx.pop_chain(5), Err(QueueError::NoSuchQueue(5))));
 }
+
+#[test]
+fn queue_unvalidated_unaligned_avail_ring_errors_instead_of_panicking() {
+    let (mem, _, mut queue) = setup();
+    queue.set_ring_addr_half(Ring::Avail, false, 0x3001);
+    assert!(queue.pop_head(&mem).is_err());
+    queue.set_ring_addr_half(Ring::Used, false, 0x4001);
+    assert!(queue.add_used(&mem, 0, 0).is_err());
+}
