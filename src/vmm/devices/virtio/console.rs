@@ -137,7 +137,14 @@ impl Console {
         }
         let mem = ctx.mem();
         let mut delivered = 0;
-        while !self.pending.is_empty() {
+        // This runs on the input thread with the transport locked; a guest
+        // that keeps publishing buffers must not keep it here. Twice the
+        // queue size is more than a well-behaved guest can have posted.
+        let budget = ctx.queue(RECEIVEQ).map_or(0, |q| 2 * usize::from(q.size()));
+        for _ in 0..budget {
+            if self.pending.is_empty() {
+                break;
+            }
             let chain = match ctx.pop_chain(RECEIVEQ) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,

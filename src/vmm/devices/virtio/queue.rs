@@ -641,10 +641,13 @@ impl<'a> QueueContext<'a> {
 
     /// The next well-formed chain of queue `index`. Malformed chains on the
     /// way are given back to the driver unused (length 0) and counted; an
-    /// error means the queue itself is broken.
+    /// error means the queue itself is broken. After a queue's worth of
+    /// malformed chains in one call it gives up (`None`) until the next
+    /// call, so a guest cannot keep the caller busy.
     pub fn pop_chain(&mut self, index: usize) -> Result<Option<DescriptorChain>, QueueError> {
         let mem = self.mem;
-        loop {
+        let attempts = usize::from(self.queue(index)?.size()) + 1;
+        for _ in 0..attempts {
             let queue = self.queue(index)?;
             let Some(head) = queue.pop_head(mem)? else {
                 return Ok(None);
@@ -663,6 +666,7 @@ impl<'a> QueueContext<'a> {
                 }
             }
         }
+        Ok(None)
     }
 
     /// Whether queue `index` has chains waiting.

@@ -399,3 +399,93 @@ fn queue_unvalidated_unaligned_avail_ring_errors_instead_of_panicking() {
     queue.set_ring_addr_half(Ring::Used, false, 0x4001);
     assert!(queue.add_used(&mem, 0, 0).is_err());
 }
+
+#[test]
+fn context_rejects_a_full_ring_of_malformed_chains_then_serves_good_ones() {
+    let (mem, mut ring, queue) = setup();
+    let mut queues = vec![queue];
+    ring.write_desc(&mem, 0, DATA, 0, 0, 0);
+    ring.write_desc(&mem, 1, DATA, 4, VIRTQ_DESC_F_WRITE, 0);
+    let mut ctx = QueueContext::new(&mem, &mut queues);
+    for _ in 0..SIZE {
+        ring.publish(&mem, 0);
+    }
+    assert!(ctx.pop_chain(0).unwrap().is_none());
+    assert_eq!(ctx.rejected_chains(), u64::from(SIZE));
+    assert_eq!(ring.take_used(&mem), vec![(0, 0); usize::from(SIZE)]);
+    ring.publish(&mem, 0);
+    ring.publish(&mem, 1);
+    assert_eq!(ctx.pop_chain(0).unwrap().map(|c| c.head()), Some(1));
+}
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn queue_survives_random_descriptor_tables_and_rings() {
+    let mut accepted = 0;
+    let mut rejected = 0;
+    for seed in 1..300u64 {
+        let (mem, ring, mut queue) = setup();
+        let mut table = noise(seed, 16 * usize::from(SIZE));
+        // Bias some descriptors toward plausible values so that both
+        // outcomes occur: small lengths, in-memory addresses, small next.
+        for (i, desc) in table.chunks_mut(16).enumerate() {
+            if (seed + i as u64) % 3 != 0 {
+                desc[..8].copy_from_slice(&(DATA + 0x100 * i as u64).to_le_bytes());
+                let len = u32::from(desc[8] | 1);
+                let next = u16::from(desc[14] % 10);
+                desc[8..12].copy_from_slice(&len.to_le_bytes());
+                desc[14..16].copy_from_slice(&next.to_le_bytes());
+                desc[12] &= VIRTQ_DESC_F_NEXT as u8 | VIRTQ_DESC_F_WRITE as u8;
+                desc[13] = 0;
+            }
+        }
+        mem.write_slice(&table, GuestAddress(ring.desc)).unwrap();
+        let mut avail = noise(seed ^ 0xabcd, 4 + 2 * usize::from(SIZE));
+        // Mostly a plausible index and heads; sometimes left wild.
+        if seed % 4 != 0 {
+            avail[2] %= SIZE as u8 + 1;
+            avail[3] = 0;
+            for head in avail[4..].chunks_mut(2) {
+                head[0] %= 10;
+                head[1] = 0;
+            }
+        }
+        mem.write_slice(&avail, GuestAddress(ring.avail)).unwrap();
+        for _ in 0..usize::from(SIZE) {
+            let head = match queue.pop_head(&mem) {
+                Ok(Some(head)) => head,
+                Ok(None) | Err(_) => break,
+            };
+            match queue.read_chain(&mem, head) {
+                Ok(chain) => {
+                    accepted += 1;
+                    assert!(chain.descriptors().len() <= usize::from(SIZE));
+                    let mut seen_writable = false;
+                    for d in chain.descriptors() {
+                        assert!(d.len > 0);
+                        assert!(d.addr.0 + u64::from(d.len) <= MEM_SIZE as u64);
+                        assert!(!seen_writable || d.writable);
+                        seen_writable |= d.writable;
+                    }
+                }
+                Err(_) => rejected += 1,
+            }
+        }
+    }
+    assert!(
+        accepted > 0 && rejected > 0,
+        "accepted {accepted}, rejected {rejected}"
+    );
+}
