@@ -5,6 +5,23 @@
 //! only its backend and its own state. When the transport hands work to a
 //! device it lends both through a [`QueueContext`], so snapshots split
 //! cleanly (the transport saves queues, a device saves only itself).
+//!
+//! Use from the VMM core:
+//!
+//! ```text
+//! let disk = Block::new(file, read_only, b"rootfs")?;
+//! let blk = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), irqfd, Box::new(disk))));
+//! // vCPU thread, on an MMIO exit inside the device's window:
+//! blk.lock()?.read(offset, data); // or .write(offset, data)
+//!
+//! let console = Console::new(Box::new(socket));
+//! let con = Arc::new(Mutex::new(MmioTransport::new(mem, irqfd2, Box::new(console))));
+//! // Event thread: read at most console_input_capacity() bytes, then
+//! let accepted = con.lock()?.console_push_input(&buf[..n])?; // == n
+//!
+//! // Snapshot (vCPUs paused): transport.save()?; restore with a freshly
+//! // built device: MmioTransport::restore(mem, irqfd, Box::new(dev), &state)?
+//! ```
 
 pub mod block;
 pub mod console;
