@@ -149,6 +149,8 @@ impl Console {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
                 Err(err) => {
+                    // Stop touching the queue until the driver resets us.
+                    self.activated = false;
                     ctx.report_broken(err);
                     break;
                 }
@@ -169,6 +171,7 @@ impl Console {
                 }
             }
             if let Err(err) = ctx.add_used(RECEIVEQ, chain.head(), used) {
+                self.activated = false;
                 ctx.report_broken(err);
                 break;
             }

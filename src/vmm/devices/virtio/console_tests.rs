@@ -296,3 +296,19 @@ fn console_save_restore_keeps_pending_input() {
     let small = Console::with_pending_capacity(Box::new(Sink::default()), 2);
     assert!(MmioTransport::restore(f.mem.clone(), irq(), Box::new(small), &state).is_err());
 }
+
+#[test]
+fn console_broken_receive_ring_needs_reset_once_and_keeps_input() {
+    let mut f = console(64);
+    f.rx.set_avail_idx(&f.mem, 1000);
+    assert_eq!(f.t.console_push_input(b"abc").unwrap(), 3);
+    assert_ne!(
+        mmio_read(&mut f.t, reg::STATUS) & status::DEVICE_NEEDS_RESET,
+        0
+    );
+    assert_eq!(take_interrupt(&mut f.t, &f.irq), 2);
+    // Further input is queued without touching the broken ring again.
+    assert_eq!(f.t.console_push_input(b"de").unwrap(), 2);
+    assert_eq!(take_interrupt(&mut f.t, &f.irq), 0);
+    assert_eq!(f.console().pending_len(), 5);
+}

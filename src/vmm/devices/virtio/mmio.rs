@@ -367,8 +367,10 @@ impl MmioTransport {
             error = %err,
             "virtio device needs reset"
         );
-        self.status |= status::DEVICE_NEEDS_RESET;
-        self.raise_interrupt(interrupt::CONFIG);
+        if self.status & status::DEVICE_NEEDS_RESET == 0 {
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.raise_interrupt(interrupt::CONFIG);
+        }
     }
 
     fn reset(&mut self) {
