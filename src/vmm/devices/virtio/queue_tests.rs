@@ -341,6 +341,13 @@ fn queue_with_rings_outside_memory_errors_instead_of_panicking() {
             ..
         })
     ));
+    queue.set_ring_addr_half(Ring::Avail, true, 0x10);
+    queue.set_ring_addr_half(Ring::Avail, false, 0);
+    assert!(matches!(queue.pop_head(&mem), Err(QueueError::Memory(_))));
+    assert!(matches!(
+        queue.has_available(&mem),
+        Err(QueueError::Memory(_))
+    ));
     queue.set_ring_addr_half(Ring::Used, true, 0x10);
     assert!(matches!(
         queue.add_used(&mem, 0, 0),
