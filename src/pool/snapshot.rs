@@ -24,7 +24,11 @@ use crate::vmm::snapshot::{FORMAT_MAJOR, FORMAT_MINOR};
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot read {path}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot boot the VM to snapshot")]
     Boot(#[source] VmHandleError),
     #[error("the VMM did not write the snapshot")]
@@ -60,12 +64,18 @@ pub struct Snapshot {
 impl Snapshot {
     /// The two files a VMM restores from.
     pub fn files(&self) -> SnapshotFiles {
-        SnapshotFiles { state: self.dir.join("state"), memory: self.dir.join("memory") }
+        SnapshotFiles {
+            state: self.dir.join("state"),
+            memory: self.dir.join("memory"),
+        }
     }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.display().to_string(), source }
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Identity of an input file without reading it: path, size, mtime, inode.
@@ -90,7 +100,16 @@ pub fn shape_key(shape: &VmShape) -> Result<String, SnapshotError> {
         file_fingerprint(file, &mut h)?;
     }
     let layout = shape.vm_config(None);
-    h.update(format!("{}:{}:{:?}:{}", shape.memory_mib, shape.vcpus, shape.flavour, layout.disks.len()).as_bytes());
+    h.update(
+        format!(
+            "{}:{}:{:?}:{}",
+            shape.memory_mib,
+            shape.vcpus,
+            shape.flavour,
+            layout.disks.len()
+        )
+        .as_bytes(),
+    );
     for d in &layout.disks {
         h.update(format!("{}:{}\n", d.read_only, d.id).as_bytes());
     }
@@ -127,17 +146,23 @@ pub fn load(cache: &Path, key: &str) -> Result<Option<Snapshot>, SnapshotError> 
         Err(e) => return Err(io_err(&meta_path)(e)),
     };
     let damaged = |why: String| SnapshotError::Damaged(dir.display().to_string(), why);
-    let meta: SnapshotMeta = serde_json::from_str(&text).map_err(|e| damaged(format!("meta.json: {e}")))?;
+    let meta: SnapshotMeta =
+        serde_json::from_str(&text).map_err(|e| damaged(format!("meta.json: {e}")))?;
     if meta.key != key {
         return Err(damaged("meta.json names another key".into()));
     }
     let state_bytes = fs::read(dir.join("state")).map_err(|e| damaged(format!("state: {e}")))?;
-    crate::vmm::snapshot::decode::<serde::de::IgnoredAny>(&state_bytes).map_err(|e| damaged(format!("state: {e}")))?;
+    crate::vmm::snapshot::decode::<serde::de::IgnoredAny>(&state_bytes)
+        .map_err(|e| damaged(format!("state: {e}")))?;
     let memory = dir.join("memory");
     let expected_len = u64::from(meta.memory_mib) << 20;
-    let len = fs::metadata(&memory).map_err(|e| damaged(format!("memory: {e}")))?.len();
+    let len = fs::metadata(&memory)
+        .map_err(|e| damaged(format!("memory: {e}")))?
+        .len();
     if len != expected_len {
-        return Err(damaged(format!("memory is {len} bytes, expected {expected_len}")));
+        return Err(damaged(format!(
+            "memory is {len} bytes, expected {expected_len}"
+        )));
     }
     if file_crc32(&memory)? != meta.memory_crc32 {
         return Err(damaged("memory checksum mismatch".into()));
@@ -147,7 +172,12 @@ pub fn load(cache: &Path, key: &str) -> Result<Option<Snapshot>, SnapshotError> 
 
 /// Boots `shape`, snapshots it at guest-init's ready point, and installs
 /// the snapshot under `key`. Safe to race with another process doing the same.
-pub fn create(cache: &Path, key: &str, shape: &VmShape, console_log: Option<PathBuf>) -> Result<Snapshot, SnapshotError> {
+pub fn create(
+    cache: &Path,
+    key: &str,
+    shape: &VmShape,
+    console_log: Option<PathBuf>,
+) -> Result<Snapshot, SnapshotError> {
     let root = snapshots_dir(cache);
     fs::create_dir_all(&root).map_err(io_err(&root))?;
     let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
@@ -170,15 +200,32 @@ pub fn create(cache: &Path, key: &str, shape: &VmShape, console_log: Option<Path
     Ok(Snapshot { dir, meta })
 }
 
-fn build_into(tmp: &Path, key: &str, shape: &VmShape, console_log: Option<PathBuf>) -> Result<SnapshotMeta, SnapshotError> {
+fn build_into(
+    tmp: &Path,
+    key: &str,
+    shape: &VmShape,
+    console_log: Option<PathBuf>,
+) -> Result<SnapshotMeta, SnapshotError> {
     let started = Instant::now();
     let mut booted = boot_cold(shape, console_log).map_err(SnapshotError::Boot)?;
     let boot_ms = started.elapsed().as_millis() as u64;
-    let files = SnapshotFiles { state: tmp.join("state"), memory: tmp.join("memory") };
-    booted.vm.request(&VmmRequest::Snapshot { files: files.clone() }).map_err(SnapshotError::Create)?;
+    let files = SnapshotFiles {
+        state: tmp.join("state"),
+        memory: tmp.join("memory"),
+    };
+    booted
+        .vm
+        .request(&VmmRequest::Snapshot {
+            files: files.clone(),
+        })
+        .map_err(SnapshotError::Create)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let memory_bytes_written = loop {
-        match booted.vm.next_event(deadline).map_err(SnapshotError::Create)? {
+        match booted
+            .vm
+            .next_event(deadline)
+            .map_err(SnapshotError::Create)?
+        {
             VmEvent::Vmm(VmmEvent::Snapshotted { memory_bytes, .. }) => break memory_bytes,
             // guest-init may still be talking (e.g. late output); ignore it.
             VmEvent::Guest(_) => {}
@@ -202,7 +249,8 @@ fn build_into(tmp: &Path, key: &str, shape: &VmShape, console_log: Option<PathBu
             .unwrap_or(0),
     };
     let meta_path = tmp.join("meta.json");
-    let text = serde_json::to_string_pretty(&meta).map_err(|e| SnapshotError::Damaged(key.into(), e.to_string()))?;
+    let text = serde_json::to_string_pretty(&meta)
+        .map_err(|e| SnapshotError::Damaged(key.into(), e.to_string()))?;
     fs::write(&meta_path, text).map_err(io_err(&meta_path))?;
     Ok(meta)
 }

@@ -151,6 +151,9 @@ impl VmHandle {
             VmEvent::Vmm(VmmEvent::Started { .. }) => {
                 Err(VmHandleError::Unexpected("a second start"))
             }
+            VmEvent::Vmm(VmmEvent::Snapshotted { .. }) => {
+                Err(VmHandleError::Unexpected("an unrequested snapshot"))
+            }
             VmEvent::GuestProtocol(e) => Err(VmHandleError::Protocol(e)),
             VmEvent::VmmGone => Err(self
                 .exit

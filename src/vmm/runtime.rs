@@ -48,11 +48,19 @@ pub enum RuntimeError {
     #[error("devices")]
     Devices(#[from] super::devices::attach::AttachError),
     #[error("snapshot state file {path}")]
-    StateFile { path: String, #[source] source: snapshot::SnapshotFileError },
+    StateFile {
+        path: String,
+        #[source]
+        source: snapshot::SnapshotFileError,
+    },
     #[error("snapshot was taken of a different VM shape: {0}")]
     ShapeMismatch(String),
     #[error("cannot open {path}")]
-    Open { path: String, #[source] source: std::io::Error },
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("control channel")]
     Control(#[from] super::api::FrameError),
     #[error("the runner closed the control channel before sending a VM config")]
@@ -120,7 +128,11 @@ pub fn run(mut ctl: UnixStream, guest: UnixStream) -> i32 {
     let started = Instant::now();
     let event = match run_vm(&mut ctl, guest, started) {
         Ok(event) => event,
-        Err(e) => VmmEvent::Exited { exit: VmExit::HostError { message: crate::errors::chain(&e) } },
+        Err(e) => VmmEvent::Exited {
+            exit: VmExit::HostError {
+                message: crate::errors::chain(&e),
+            },
+        },
     };
     match write_frame(&mut ctl, &event) {
         Ok(()) => 0,
@@ -156,12 +168,17 @@ struct Built {
 }
 
 fn open_console_log(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, RuntimeError> {
-    let Some(path) = &config.console_log else { return Ok(None) };
+    let Some(path) = &config.console_log else {
+        return Ok(None);
+    };
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| RuntimeError::Open { path: path.display().to_string(), source })?;
+        .map_err(|source| RuntimeError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
     Ok(Some(Box::new(LineWriter::new(file))))
 }
 
@@ -178,17 +195,30 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
         None => {
             let memory = create_guest_memory(config.memory_mib)?;
             let vm = Vm::new(&memory)?;
-            let serial = SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
+            let serial =
+                SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
             let virtio = VirtioSet::new(&vm, &memory, &config.disks, guest_out, &mut bus)?;
-            let cmdline = cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
+            let cmdline =
+                cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
             let entry = boot::load_pvh(&memory, &config.kernel, &config.initramfs, &cmdline)?;
             let vcpu = Vcpu::new(&vm, 0, vcpus, config.flavour)?;
             vcpu.configure_pvh_boot(entry.0)?;
-            Ok(Built { vm, memory, vcpu, platform: Platform { serial, bus }, virtio, transcript, cmdline })
+            Ok(Built {
+                vm,
+                memory,
+                vcpu,
+                platform: Platform { serial, bus },
+                virtio,
+                transcript,
+                cmdline,
+            })
         }
         Some(files) => {
-            let state: SnapshotState = snapshot::read_file(&files.state)
-                .map_err(|source| RuntimeError::StateFile { path: files.state.display().to_string(), source })?;
+            let state: SnapshotState =
+                snapshot::read_file(&files.state).map_err(|source| RuntimeError::StateFile {
+                    path: files.state.display().to_string(),
+                    source,
+                })?;
             if state.memory_mib != config.memory_mib
                 || state.disk_count != config.disks.len()
                 || state.vcpus.len() != usize::from(vcpus)
@@ -200,8 +230,10 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
                     state.vcpus.len()
                 )));
             }
-            let mem_file = File::open(&files.memory)
-                .map_err(|source| RuntimeError::Open { path: files.memory.display().to_string(), source })?;
+            let mem_file = File::open(&files.memory).map_err(|source| RuntimeError::Open {
+                path: files.memory.display().to_string(),
+                source,
+            })?;
             let memory = map_snapshot(mem_file, config.memory_mib)?;
             let vm = Vm::new(&memory)?;
             persist::restore_vm(vm.fd(), &state.vm)?;
@@ -211,7 +243,14 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
                 console_log,
                 transcript.clone(),
             )?;
-            let virtio = VirtioSet::restore(&vm, &memory, &config.disks, guest_out, &mut bus, &state.virtio)?;
+            let virtio = VirtioSet::restore(
+                &vm,
+                &memory,
+                &config.disks,
+                guest_out,
+                &mut bus,
+                &state.virtio,
+            )?;
             let vcpu = Vcpu::new(&vm, 0, vcpus, config.flavour)?;
             persist::restore_vcpu(vcpu.fd(), &state.vcpus[0])?;
             Ok(Built {
@@ -227,9 +266,21 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
     }
 }
 
-fn run_vm(ctl: &mut UnixStream, guest: UnixStream, started: Instant) -> Result<VmmEvent, RuntimeError> {
+fn run_vm(
+    ctl: &mut UnixStream,
+    guest: UnixStream,
+    started: Instant,
+) -> Result<VmmEvent, RuntimeError> {
     let config: VmConfig = read_frame(ctl)?.ok_or(RuntimeError::NoConfig)?;
-    let Built { vm, memory, mut vcpu, mut platform, virtio, transcript, cmdline } = build(&config, &guest)?;
+    let Built {
+        vm,
+        memory,
+        mut vcpu,
+        mut platform,
+        virtio,
+        transcript,
+        cmdline,
+    } = build(&config, &guest)?;
     register_signal_handler(kick_signal(), on_kick).map_err(|e| RuntimeError::Thread(e.into()))?;
 
     let vm = Arc::new(vm);
@@ -259,26 +310,51 @@ fn run_vm(ctl: &mut UnixStream, guest: UnixStream, started: Instant) -> Result<V
             })
             .map_err(RuntimeError::Thread)?
     };
-    virtio.spawn_input_pump(guest).map_err(RuntimeError::Thread)?;
+    virtio
+        .spawn_input_pump(guest)
+        .map_err(RuntimeError::Thread)?;
     spawn_control_reader(ctl.try_clone().map_err(RuntimeError::Thread)?, done_tx)?;
 
-    write_frame(ctl, &VmmEvent::Started { setup_us: started.elapsed().as_micros() as u64 })?;
+    write_frame(
+        ctl,
+        &VmmEvent::Started {
+            setup_us: started.elapsed().as_micros() as u64,
+        },
+    )?;
 
     let finished = done_rx.recv().unwrap_or(Finished::RunnerGone);
-    let panic_line = || transcript.lock().ok().and_then(|t| t.panic_line().map(str::to_string));
+    let panic_line = || {
+        transcript
+            .lock()
+            .ok()
+            .and_then(|t| t.panic_line().map(str::to_string))
+    };
     let exit = match finished {
         Finished::SnapshotRequested(files) => {
-            let ctx = SnapshotContext { vm: &vm, memory: &memory, virtio: &virtio, config: &config, cmdline };
+            let ctx = SnapshotContext {
+                vm: &vm,
+                memory: &memory,
+                virtio: &virtio,
+                config: &config,
+                cmdline,
+            };
             return snapshot_vm(ctx, &files, &stop, &vcpu_thread, &done_rx);
         }
-        Finished::Exit(exit) => panic_line().map(|line| VmExit::GuestPanic { line }).unwrap_or(exit),
+        Finished::Exit(exit) => panic_line()
+            .map(|line| VmExit::GuestPanic { line })
+            .unwrap_or(exit),
         Finished::Paused(..) | Finished::ShutdownRequested => VmExit::GuestReset,
-        Finished::RunnerGone => VmExit::HostError { message: "the runner went away".into() },
+        Finished::RunnerGone => VmExit::HostError {
+            message: "the runner went away".into(),
+        },
     };
     Ok(VmmEvent::Exited { exit })
 }
 
-fn spawn_control_reader(mut ctl: UnixStream, done: mpsc::Sender<Finished>) -> Result<(), RuntimeError> {
+fn spawn_control_reader(
+    mut ctl: UnixStream,
+    done: mpsc::Sender<Finished>,
+) -> Result<(), RuntimeError> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -335,11 +411,24 @@ fn snapshot_vm(
         serial: platform.serial.snapshot(),
         virtio: ctx.virtio.save()?,
     };
-    snapshot::write_file(&files.state, &state)
-        .map_err(|source| RuntimeError::StateFile { path: files.state.display().to_string(), source })?;
-    let open_err = |source| RuntimeError::Open { path: files.memory.display().to_string(), source };
+    snapshot::write_file(&files.state, &state).map_err(|source| RuntimeError::StateFile {
+        path: files.state.display().to_string(),
+        source,
+    })?;
+    let open_err = |source| RuntimeError::Open {
+        path: files.memory.display().to_string(),
+        source,
+    };
     let mem_file = File::create(&files.memory).map_err(open_err)?;
-    let memory_bytes = dump_sparse(ctx.memory, u64::from(ctx.config.memory_mib) << 20, &mem_file)?;
+    let memory_bytes = dump_sparse(
+        ctx.memory,
+        u64::from(ctx.config.memory_mib) << 20,
+        &mem_file,
+    )?;
     mem_file.sync_all().map_err(open_err)?;
-    Ok(VmmEvent::Snapshotted { pause_us, save_us: save_started.elapsed().as_micros() as u64, memory_bytes })
+    Ok(VmmEvent::Snapshotted {
+        pause_us,
+        save_us: save_started.elapsed().as_micros() as u64,
+        memory_bytes,
+    })
 }

@@ -165,8 +165,13 @@ impl SerialConsole {
             scratch,
             in_buffer: snap.in_buffer.clone(),
         };
-        let uart = Serial::from_state(&state, IrqTrigger(irq), NoEvents, ConsoleSink { log, transcript })
-            .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
+        let uart = Serial::from_state(
+            &state,
+            IrqTrigger(irq),
+            NoEvents,
+            ConsoleSink { log, transcript },
+        )
+        .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
         Ok(SerialConsole { uart })
     }
 }
