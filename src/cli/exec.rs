@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
@@ -10,7 +10,9 @@ use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
 use super::units::{parse_duration, parse_size};
 use crate::assets::{self, Asset};
 use crate::errors::{EXIT_INFRA, EXIT_USAGE};
-use crate::pool::launch::{boot_cold, VmShape};
+use crate::pool::launch::{boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use crate::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
+use crate::pool::VmHandle;
 use crate::pool::{session, OutputStream, RunError};
 
 /// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
@@ -52,6 +54,9 @@ pub struct ExecArgs {
     /// Print boot and run timings to stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Boot the kernel instead of restoring the shape's snapshot.
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -97,15 +102,17 @@ pub fn run(args: ExecArgs) -> i32 {
         memory_mib,
         vcpus: args.vcpus,
         flavour: kvm.flavour,
+        artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
     };
-
-    let mut booted = match boot_cold(&shape, args.console_log.clone()) {
-        Ok(b) => b,
+    let started = Instant::now();
+    let mut vm = match start_vm(&args, shape) {
+        Ok(vm) => vm,
         Err(e) => {
-            eprintln!("sbxrun: cannot start the VM: {}", crate::errors::chain(&e));
+            eprintln!("sbxrun: cannot start the VM: {e}");
             return EXIT_INFRA;
         }
     };
+    let vm_ready = started.elapsed();
     let request = RunRequest {
         command: GuestCommand::Argv(args.command.clone()),
         env: args.env.clone(),
@@ -135,12 +142,9 @@ pub fn run(args: ExecArgs) -> i32 {
     };
     // The host deadline leaves the guest a moment to report its own timeout.
     let host_timeout = args.timeout + Duration::from_secs(5);
-    let result = session::run(&mut booted.vm, &request, host_timeout, &mut forward);
+    let result = session::run(vm.handle(), &request, host_timeout, &mut forward);
     if args.timings {
-        eprintln!(
-            "sbxrun: boot {:?} (vmm setup {} us)",
-            booted.boot_time, booted.vm.setup_us
-        );
+        eprintln!("sbxrun: VM ready after {vm_ready:?} ({})", vm.describe());
     }
     let code = match result {
         Ok(outcome) => {
@@ -174,6 +178,74 @@ pub fn run(args: ExecArgs) -> i32 {
             EXIT_INFRA
         }
     };
-    booted.vm.shutdown();
+    drop(vm);
     code
+}
+
+/// The VM `exec` runs in: restored from the pool, or cold-booted.
+enum ExecVm {
+    Restored(Box<LeasedVm>),
+    Cold {
+        booted: Box<BootedVm>,
+        _scratch: ScratchDir,
+    },
+}
+
+impl ExecVm {
+    fn handle(&mut self) -> &mut VmHandle {
+        match self {
+            ExecVm::Restored(lease) => &mut lease.vm,
+            ExecVm::Cold { booted, .. } => &mut booted.vm,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ExecVm::Restored(lease) => {
+                format!("restored from snapshot in {:?}", lease.restore_time)
+            }
+            ExecVm::Cold { booted, .. } => format!("cold boot {:?}", booted.boot_time),
+        }
+    }
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
+    let cache = assets::cache_dir();
+    let scratch = cache.join("run");
+    if args.no_snapshot {
+        let dir = scratch.join(format!("exec-{}", std::process::id()));
+        let disks =
+            StepDisks::create_in(&dir, shape.artifact_disk_bytes).map_err(|e| e.to_string())?;
+        let guard = ScratchDir(dir);
+        let booted = boot_cold(&shape, &disks, args.console_log.clone())
+            .map_err(|e| crate::errors::chain(&e))?;
+        return Ok(ExecVm::Cold {
+            booted: Box::new(booted),
+            _scratch: guard,
+        });
+    }
+    clean_scratch(&scratch);
+    let pool = Pool::open(PoolConfig {
+        cache,
+        scratch,
+        shape,
+        warm: 0,
+        console_dir: None,
+    })
+    .map_err(|e| crate::errors::chain(&e))?;
+    let lease = match &args.console_log {
+        Some(path) => pool.acquire_logged(path.clone()),
+        None => pool.acquire(),
+    }
+    .map_err(|e| crate::errors::chain(&e))?;
+    Ok(ExecVm::Restored(Box::new(lease)))
 }

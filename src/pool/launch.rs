@@ -20,6 +20,35 @@ pub struct VmShape {
     pub memory_mib: u32,
     pub vcpus: u8,
     pub flavour: KvmFlavour,
+    /// Size of each artifact disk (vdb inputs, vdc outputs). Part of the
+    /// shape because the guest sees the disk geometry at boot.
+    pub artifact_disk_bytes: u64,
+}
+
+/// Default size of the artifact disks: sparse, so unused space costs nothing.
+pub const DEFAULT_ARTIFACT_DISK_BYTES: u64 = 1 << 30;
+
+/// The two per-step disks: inputs packed by the host, outputs by the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDisks {
+    pub input: PathBuf,
+    pub output: PathBuf,
+}
+
+impl StepDisks {
+    /// Creates both as empty sparse files of `size` bytes in `dir`.
+    pub fn create_in(dir: &std::path::Path, size: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let disks = StepDisks {
+            input: dir.join("input.disk"),
+            output: dir.join("output.disk"),
+        };
+        for path in [&disks.input, &disks.output] {
+            let f = std::fs::File::create(path)?;
+            f.set_len(size)?;
+        }
+        Ok(disks)
+    }
 }
 
 impl VmShape {
@@ -33,18 +62,30 @@ impl VmShape {
     }
 
     /// The VMM configuration for this shape.
-    pub fn vm_config(&self, console_log: Option<PathBuf>) -> VmConfig {
+    pub fn vm_config(&self, disks: &StepDisks, console_log: Option<PathBuf>) -> VmConfig {
         VmConfig {
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
             flavour: self.flavour,
-            disks: vec![DiskConfig {
-                path: self.image.clone(),
-                read_only: true,
-                id: "sbxrun-root".into(),
-            }],
+            disks: vec![
+                DiskConfig {
+                    path: self.image.clone(),
+                    read_only: true,
+                    id: "sbxrun-root".into(),
+                },
+                DiskConfig {
+                    path: disks.input.clone(),
+                    read_only: true,
+                    id: "sbxrun-input".into(),
+                },
+                DiskConfig {
+                    path: disks.output.clone(),
+                    read_only: false,
+                    id: "sbxrun-output".into(),
+                },
+            ],
             extra_cmdline: String::new(),
             console_log,
             restore: None,
@@ -61,10 +102,14 @@ pub struct BootedVm {
 }
 
 /// Boots a VM of `shape` and waits for guest-init.
-pub fn boot_cold(shape: &VmShape, console_log: Option<PathBuf>) -> Result<BootedVm, VmHandleError> {
+pub fn boot_cold(
+    shape: &VmShape,
+    disks: &StepDisks,
+    console_log: Option<PathBuf>,
+) -> Result<BootedVm, VmHandleError> {
     let started = Instant::now();
     let timeout = shape.boot_timeout();
-    let mut vm = VmHandle::spawn(&shape.vm_config(console_log), timeout)?;
+    let mut vm = VmHandle::spawn(&shape.vm_config(disks, console_log), timeout)?;
     let ready = session::wait_ready(&mut vm, timeout.saturating_sub(started.elapsed()))?;
     Ok(BootedVm {
         vm,

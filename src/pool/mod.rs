@@ -5,6 +5,7 @@ pub mod launch;
 pub mod session;
 pub mod snapshot;
 pub mod vm;
+pub mod warm;
 
 pub use session::{OutputStream, RunError, RunOutcome};
 pub use vm::{VmHandle, VmHandleError};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::launch::{boot_cold, VmShape};
+use super::launch::{boot_cold, StepDisks, VmShape};
 use super::vm::{VmEvent, VmHandleError};
 use crate::vmm::api::{SnapshotFiles, VmmEvent, VmmRequest};
 use crate::vmm::snapshot::{FORMAT_MAJOR, FORMAT_MINOR};
@@ -99,17 +99,16 @@ pub fn shape_key(shape: &VmShape) -> Result<String, SnapshotError> {
     for file in [&shape.kernel, &shape.initramfs, &shape.image] {
         file_fingerprint(file, &mut h)?;
     }
-    let layout = shape.vm_config(None);
-    h.update(
-        format!(
-            "{}:{}:{:?}:{}",
-            shape.memory_mib,
-            shape.vcpus,
-            shape.flavour,
-            layout.disks.len()
-        )
-        .as_bytes(),
+    let probe_disks = StepDisks {
+        input: PathBuf::new(),
+        output: PathBuf::new(),
+    };
+    let layout = shape.vm_config(&probe_disks, None);
+    let dims = format!(
+        "{}:{}:{:?}:{}",
+        shape.memory_mib, shape.vcpus, shape.flavour, shape.artifact_disk_bytes
     );
+    h.update(dims.as_bytes());
     for d in &layout.disks {
         h.update(format!("{}:{}\n", d.read_only, d.id).as_bytes());
     }
@@ -207,7 +206,10 @@ fn build_into(
     console_log: Option<PathBuf>,
 ) -> Result<SnapshotMeta, SnapshotError> {
     let started = Instant::now();
-    let mut booted = boot_cold(shape, console_log).map_err(SnapshotError::Boot)?;
+    let scratch = tmp.join("disks");
+    let disks =
+        StepDisks::create_in(&scratch, shape.artifact_disk_bytes).map_err(io_err(&scratch))?;
+    let mut booted = boot_cold(shape, &disks, console_log).map_err(SnapshotError::Boot)?;
     let boot_ms = started.elapsed().as_millis() as u64;
     let files = SnapshotFiles {
         state: tmp.join("state"),
@@ -248,6 +250,8 @@ fn build_into(
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
+    drop(booted);
+    let _ = fs::remove_dir_all(&scratch);
     let meta_path = tmp.join("meta.json");
     let text = serde_json::to_string_pretty(&meta)
         .map_err(|e| SnapshotError::Damaged(key.into(), e.to_string()))?;

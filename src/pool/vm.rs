@@ -177,6 +177,23 @@ impl VmHandle {
             .map_err(VmHandleError::GuestSend)
     }
 
+    /// Whether the VM is still running and has said nothing unexpected
+    /// since it was last asked something. Consumes pending events.
+    pub fn is_alive(&mut self) -> bool {
+        if self.exit.is_some() || matches!(self.child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        match self.events.try_recv() {
+            Ok(VmEvent::Vmm(VmmEvent::Exited { exit })) => {
+                self.exit = Some(exit);
+                false
+            }
+            Ok(_) => false,
+            Err(mpsc::TryRecvError::Empty) => true,
+            Err(mpsc::TryRecvError::Disconnected) => false,
+        }
+    }
+
     /// How the VM ended, once it has.
     pub fn exit(&self) -> Option<&VmExit> {
         self.exit.as_ref()
@@ -210,9 +227,20 @@ impl Drop for VmHandle {
     }
 }
 
+static VMM_EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the binary that runs `__vmm` for this process (tests and benchmarks,
+/// whose own executable is not sbxrun). Only the first call has effect.
+pub fn set_vmm_executable(path: PathBuf) {
+    let _ = VMM_EXE.set(path);
+}
+
 /// The binary that runs `__vmm`: this executable, or `SBXRUN_VMM_EXE` (tests
 /// and benchmarks, whose own executable is not sbxrun).
 pub fn vmm_executable() -> PathBuf {
+    if let Some(p) = VMM_EXE.get() {
+        return p.clone();
+    }
     if let Some(p) = std::env::var_os("SBXRUN_VMM_EXE") {
         return PathBuf::from(p);
     }
