@@ -165,29 +165,21 @@ impl Vm {
         let start = Instant::now();
         self.send(&HostMsg::Run(req))?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        loop {
+        let end = loop {
             match self.recv(Duration::from_secs(120))? {
                 GuestMsg::Stdout(b) => stdout.extend(b),
                 GuestMsg::Stderr(b) => stderr.extend(b),
-                GuestMsg::Exited(e) => {
-                    return Ok(Outcome {
-                        stdout,
-                        stderr,
-                        end: Ok(e),
-                        elapsed: start.elapsed(),
-                    })
-                }
-                GuestMsg::Error(e) => {
-                    return Ok(Outcome {
-                        stdout,
-                        stderr,
-                        end: Err(e),
-                        elapsed: start.elapsed(),
-                    })
-                }
+                GuestMsg::Exited(e) => break Ok(e),
+                GuestMsg::Error(e) => break Err(e),
                 other => return Err(format!("unexpected {other:?} during run")),
             }
-        }
+        };
+        Ok(Outcome {
+            stdout,
+            stderr,
+            end,
+            elapsed: start.elapsed(),
+        })
     }
 
     /// Waits for QEMU to exit (the guest reset with `-no-reboot`).
