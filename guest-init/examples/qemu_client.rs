@@ -424,6 +424,28 @@ fn session_checks(vm: &mut Vm, c: &mut Checker) -> Res<()> {
         rtts.iter().max().map_or(0, |d| d.as_millis())
     );
 
+    // What a fresh mount + PID namespace would add per step: the same
+    // fork+exec with and without them.
+    for (label, argv) in [
+        ("fork+exec", vec!["unshare", "-f", "true"]),
+        (
+            "fork+exec in new mount+pid ns",
+            vec!["unshare", "-m", "-p", "-f", "true"],
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut req = request(Command::Argv(
+                argv.iter().map(|s| (*s).to_owned()).collect(),
+            ));
+            req.user = User::Root;
+            let o = vm.run(req)?;
+            expect_code(&o, 0)?;
+            times.push(o.elapsed);
+        }
+        println!("measure {label}: median {} ms", median(times).as_millis());
+    }
+
     let bytes = 4_000_000;
     let o = vm.run(sh(&format!("head -c {bytes} /dev/zero")))?;
     c.check(
