@@ -17,8 +17,10 @@ use crate::sys::{self, Context, SysError};
 /// Path of the control channel device.
 pub const DEVICE: &str = "/dev/hvc0";
 
-/// How long to wait for the console device to appear after boot.
-const APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the console device to appear after boot (a
+/// multiport virtio console adds its ports asynchronously, slowly when the
+/// kernel is emulated).
+const APPEAR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Size of one read from the channel.
 const READ_CHUNK: usize = 64 * 1024;

@@ -19,7 +19,7 @@ const DEFAULT_OVERLAY_SIZE: &str = "256M";
 /// Kernel command line parameter for the overlay size.
 const OVERLAY_SIZE_PARAM: &str = "sbxrun.overlay_size=";
 /// How long to wait for the root device to appear.
-const DEVICE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const LOWER: &str = "/mnt/lower";
 const RW: &str = "/mnt/rw";
