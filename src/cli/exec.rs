@@ -54,6 +54,10 @@ pub struct ExecArgs {
     /// Print boot and run timings to stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Extra guest kernel parameters (implies --no-snapshot: a snapshot
+    /// already booted with its own).
+    #[arg(long, value_name = "PARAMS")]
+    pub kernel_args: Option<String>,
     /// Boot the kernel instead of restoring the shape's snapshot.
     #[arg(long)]
     pub no_snapshot: bool,
@@ -221,12 +225,13 @@ impl Drop for ScratchDir {
 fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
     let cache = assets::cache_dir();
     let scratch = cache.join("run");
-    if args.no_snapshot {
+    if args.no_snapshot || args.kernel_args.is_some() {
         let dir = scratch.join(format!("exec-{}", std::process::id()));
         let disks =
             StepDisks::create_in(&dir, shape.artifact_disk_bytes).map_err(|e| e.to_string())?;
         let guard = ScratchDir(dir);
-        let booted = boot_cold(&shape, &disks, args.console_log.clone())
+        let extra = args.kernel_args.clone().unwrap_or_default();
+        let booted = boot_cold(&shape, &disks, &extra, args.console_log.clone())
             .map_err(|e| crate::errors::chain(&e))?;
         return Ok(ExecVm::Cold {
             booted: Box::new(booted),

@@ -105,11 +105,14 @@ pub struct BootedVm {
 pub fn boot_cold(
     shape: &VmShape,
     disks: &StepDisks,
+    extra_cmdline: &str,
     console_log: Option<PathBuf>,
 ) -> Result<BootedVm, VmHandleError> {
     let started = Instant::now();
     let timeout = shape.boot_timeout();
-    let mut vm = VmHandle::spawn(&shape.vm_config(disks, console_log), timeout)?;
+    let mut config = shape.vm_config(disks, console_log);
+    config.extra_cmdline = extra_cmdline.to_string();
+    let mut vm = VmHandle::spawn(&config, timeout)?;
     let ready = session::wait_ready(&mut vm, timeout.saturating_sub(started.elapsed()))?;
     Ok(BootedVm {
         vm,

@@ -209,7 +209,7 @@ fn build_into(
     let scratch = tmp.join("disks");
     let disks =
         StepDisks::create_in(&scratch, shape.artifact_disk_bytes).map_err(io_err(&scratch))?;
-    let mut booted = boot_cold(shape, &disks, console_log).map_err(SnapshotError::Boot)?;
+    let mut booted = boot_cold(shape, &disks, "", console_log).map_err(SnapshotError::Boot)?;
     let boot_ms = started.elapsed().as_millis() as u64;
     let files = SnapshotFiles {
         state: tmp.join("state"),
