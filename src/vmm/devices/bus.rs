@@ -62,10 +62,12 @@ impl MmioBus {
             Some((w, offset)) => lock(&w.device).read(offset, data),
             None => data.fill(0xff),
         }
+        tracing::trace!("mmio read {addr:#x} -> {data:02x?}");
     }
 
     /// Writes to the device at `addr`; unclaimed addresses ignore the write.
     pub fn write(&self, addr: u64, data: &[u8]) {
+        tracing::trace!("mmio write {addr:#x} <- {data:02x?}");
         if let Some((w, offset)) = self.find(addr, data.len()) {
             lock(&w.device).write(offset, data);
         }
