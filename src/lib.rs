@@ -3,3 +3,4 @@
 pub mod cli;
 pub mod errors;
 pub mod manifest;
+pub mod plan;

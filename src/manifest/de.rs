@@ -157,7 +157,16 @@ impl DeError {
                 .join(", ")
         };
         let p = match self.kind {
-            ErrorKind::Custom(msg) => Problem::new("manifest::invalid_value", msg, span, "here"),
+            ErrorKind::Custom(msg) => {
+                // Messages put their hint after "; ": show it as help.
+                match msg.split_once("; ") {
+                    Some((m, help)) => {
+                        Problem::new("manifest::invalid_value", m, span, "invalid value")
+                            .with_help(help)
+                    }
+                    None => Problem::new("manifest::invalid_value", msg, span, "invalid value"),
+                }
+            }
             ErrorKind::UnknownField { field, expected } => {
                 let snake = field.replace('-', "_");
                 let help = match did_you_mean(&snake, expected.iter().copied()) {

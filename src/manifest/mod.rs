@@ -55,11 +55,13 @@ pub fn load(path: &Path) -> Result<Job, ManifestError> {
 /// Parses and validates manifest text already in memory.
 pub fn load_source(source: SourceFile) -> Result<Job, ManifestError> {
     let source = Arc::new(source);
-    let node = parse_tree(&source).map_err(|p| ManifestError::invalid(&source, p))?;
+    let mut node = parse_tree(&source).map_err(|p| ManifestError::invalid(&source, p))?;
+    drop_extension_keys(&mut node);
     let mut job: Job = de::from_node(&node)
         .map_err(|e| ManifestError::invalid(&source, vec![e.into_problem(source.syntax)]))?;
     job.source = Arc::clone(&source);
-    let problems = validate::validate(&job);
+    let mut problems = validate::validate(&job);
+    problems.sort_by_key(|p| p.span.offset);
     if problems.is_empty() {
         Ok(job)
     } else {
@@ -73,6 +75,14 @@ pub fn parse_tree(source: &SourceFile) -> Result<Node, Vec<Problem>> {
     match source.syntax {
         Syntax::Yaml => yaml::parse(&source.text).map_err(|p| vec![p]),
         Syntax::Kdl => kdl::parse(&source.text),
+    }
+}
+
+/// Top-level keys starting with `x-` are ignored: a place to define YAML
+/// anchors that steps merge in with `<<`.
+fn drop_extension_keys(root: &mut Node) {
+    if let node::Kind::Map(entries) = &mut root.kind {
+        entries.retain(|(k, _)| !k.key_text().starts_with("x-"));
     }
 }
 

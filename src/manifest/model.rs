@@ -16,7 +16,7 @@ use super::units::{ByteSize, Duration};
 /// A job: a named DAG of steps, each run in its own microVM.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "sbxrun job")]
+#[schemars(title = "sbxrun job", extend("patternProperties" = { "^x-": {} }))]
 pub struct Job {
     /// The job's name, shown in reports.
     pub name: Spanned<String>,
