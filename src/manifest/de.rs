@@ -344,11 +344,15 @@ macro_rules! int_method {
         fn $method<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
             let i = self.int()?;
             let n = <$ty>::try_from(i).map_err(|_| {
-                de::Error::custom(format_args!(
-                    "{i} is out of range (must be between {} and {})",
-                    <$ty>::MIN,
-                    <$ty>::MAX
-                ))
+                if i < 0 && <$ty>::MIN == 0 {
+                    de::Error::custom(format_args!("expected a non-negative integer, found {i}"))
+                } else {
+                    de::Error::custom(format_args!(
+                        "{i} is out of range (must be between {} and {})",
+                        <$ty>::MIN,
+                        <$ty>::MAX
+                    ))
+                }
             });
             let n = self.locate(n)?;
             let r = v.$visit(n);
@@ -580,7 +584,9 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'_, '_> {
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some((i, node)) => seed.deserialize(self.de.child(node, Seg::Index(i))).map(Some),
+            Some((i, node)) => seed
+                .deserialize(self.de.child(node, Seg::Index(i)))
+                .map(Some),
             None => Ok(None),
         }
     }

@@ -123,7 +123,10 @@ fn parse_host(host: &str, whole: &str) -> Result<HostPattern, EgressError> {
         };
         let net = network(addr, prefix);
         if net != addr {
-            return Err(EgressError::HostBits(whole.to_owned(), format!("{net}/{prefix}")));
+            return Err(EgressError::HostBits(
+                whole.to_owned(),
+                format!("{net}/{prefix}"),
+            ));
         }
         return Ok(HostPattern::Cidr { addr, prefix });
     }
@@ -172,7 +175,8 @@ fn is_domain(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -180,7 +184,11 @@ impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v6 = matches!(
             self.host,
-            HostPattern::Ip(IpAddr::V6(_)) | HostPattern::Cidr { addr: IpAddr::V6(_), .. }
+            HostPattern::Ip(IpAddr::V6(_))
+                | HostPattern::Cidr {
+                    addr: IpAddr::V6(_),
+                    ..
+                }
         );
         let host = match &self.host {
             HostPattern::Domain(d) => d.clone(),
@@ -327,7 +335,10 @@ mod tests {
         assert_eq!(r.port, Some(5432));
         assert!(matches!(r.host, HostPattern::Cidr { prefix: 32, .. }));
         assert_eq!(rule("[2001:db8::1]:443").unwrap().port, Some(443));
-        assert!(matches!(rule("2001:db8::/32").unwrap().host, HostPattern::Cidr { prefix: 32, .. }));
+        assert!(matches!(
+            rule("2001:db8::/32").unwrap().host,
+            HostPattern::Cidr { prefix: 32, .. }
+        ));
         assert!(matches!(rule("::1").unwrap().host, HostPattern::Ip(_)));
         assert_eq!(rule("example.com:8080").unwrap().port, Some(8080));
     }
@@ -335,7 +346,10 @@ mod tests {
     #[test]
     fn egress_entries_that_are_not_hosts_are_rejected() {
         assert!(matches!(rule("localhost"), Err(EgressError::NotAHost(_))));
-        assert!(matches!(rule("http://x.org"), Err(EgressError::NotAHost(_))));
+        assert!(matches!(
+            rule("http://x.org"),
+            Err(EgressError::NotAHost(_))
+        ));
         assert!(matches!(rule("*.*.org"), Err(EgressError::NotAHost(_))));
         assert!(matches!(rule("999.1.1.1"), Err(EgressError::NotAHost(_))));
         assert!(matches!(rule("x.org:0"), Err(EgressError::Port(_))));
@@ -348,13 +362,22 @@ mod tests {
     fn cidr_with_host_bits_suggests_the_network() {
         assert_eq!(
             rule("10.1.2.3/8"),
-            Err(EgressError::HostBits("10.1.2.3/8".into(), "10.0.0.0/8".into()))
+            Err(EgressError::HostBits(
+                "10.1.2.3/8".into(),
+                "10.0.0.0/8".into()
+            ))
         );
     }
 
     #[test]
     fn egress_rules_display_as_they_parse() {
-        for s in ["pypi.org", "*.a.org:443", "10.0.0.0/8:22", "[::1]:53", "1.2.3.4"] {
+        for s in [
+            "pypi.org",
+            "*.a.org:443",
+            "10.0.0.0/8:22",
+            "[::1]:53",
+            "1.2.3.4",
+        ] {
             assert_eq!(rule(s).unwrap().to_string(), s);
         }
     }

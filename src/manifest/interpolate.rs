@@ -86,13 +86,22 @@ mod tests {
         let t = "a ${{ matrix.case }} b ${{matrix.os}}";
         let e = expressions(t);
         assert_eq!(e.len(), 2);
-        assert_eq!(e[0], Expr::Matrix { key: "case", range: 2..20 });
+        assert_eq!(
+            e[0],
+            Expr::Matrix {
+                key: "case",
+                range: 2..20
+            }
+        );
         assert!(matches!(e[1], Expr::Matrix { key: "os", .. }));
     }
 
     #[test]
     fn other_and_unclosed_expressions_are_reported() {
-        assert!(matches!(expressions("${{ env.X }}")[0], Expr::Unknown { text: "env.X", .. }));
+        assert!(matches!(
+            expressions("${{ env.X }}")[0],
+            Expr::Unknown { text: "env.X", .. }
+        ));
         assert_eq!(expressions("x ${{ matrix.a")[0], Expr::Unclosed { at: 2 });
     }
 

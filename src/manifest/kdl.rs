@@ -40,21 +40,31 @@ pub fn parse(text: &str) -> Result<Node, Vec<Problem>> {
             .map(|d| {
                 let span = Span::new(d.span.offset(), d.span.len());
                 let message = d.message.unwrap_or_else(|| "invalid KDL".to_owned());
+                // `timeout 10m`: a bare value starting with a digit is a
+                // number in KDL; durations and sizes must be quoted.
+                let under = text.get(span.offset..span.end()).unwrap_or("");
+                let help = if under.starts_with(|c: char| c.is_ascii_digit())
+                    && under.contains(|c: char| c.is_ascii_alphabetic())
+                {
+                    Some(format!(
+                        "values with units are strings in KDL: write \"{under}\""
+                    ))
+                } else {
+                    d.help
+                };
                 Problem::new(
                     "kdl::syntax",
                     format!("invalid KDL: {}", lowercase_first(&message)),
                     span,
                     d.label.unwrap_or_else(|| "here".to_owned()),
                 )
-                .with_opt_help(d.help)
+                .with_opt_help(help)
             })
             .collect::<Vec<_>>()
     })?;
     let reader = Reader { text };
     let span = Span::new(0, 0);
-    reader
-        .fields(&doc, Ctx::Top, span, 0)
-        .map_err(|p| vec![p])
+    reader.fields(&doc, Ctx::Top, span, 0).map_err(|p| vec![p])
 }
 
 fn lowercase_first(s: &str) -> String {
@@ -124,7 +134,13 @@ impl Reader<'_> {
     }
 
     /// A block of nodes as a map.
-    fn fields(&self, doc: &KdlDocument, ctx: Ctx, head: Span, depth: usize) -> Result<Node, Problem> {
+    fn fields(
+        &self,
+        doc: &KdlDocument,
+        ctx: Ctx,
+        head: Span,
+        depth: usize,
+    ) -> Result<Node, Problem> {
         if depth > MAX_DEPTH {
             return Err(Problem::new(
                 "kdl::too_deep",
@@ -144,7 +160,9 @@ impl Reader<'_> {
                 if steps.is_none() {
                     steps_key = name_span;
                 }
-                steps.get_or_insert_with(MapBuilder::default).insert(id, body)?;
+                steps
+                    .get_or_insert_with(MapBuilder::default)
+                    .insert(id, body)?;
                 continue;
             }
             let key_name = match ctx {
@@ -152,7 +170,9 @@ impl Reader<'_> {
                 Ctx::Top | Ctx::Fields => raw.replace('-', "_"),
             };
             let list_field = match ctx {
-                Ctx::Top | Ctx::Fields => LIST_FIELDS.iter().find(|(k, _)| *k == raw).map(|(_, f)| *f),
+                Ctx::Top | Ctx::Fields => {
+                    LIST_FIELDS.iter().find(|(k, _)| *k == raw).map(|(_, f)| *f)
+                }
                 Ctx::UserKeys | Ctx::Matrix => None,
             };
             let key_name = list_field.unwrap_or(&key_name).to_owned();
@@ -163,7 +183,11 @@ impl Reader<'_> {
             }
             if matches!(ctx, Ctx::Top | Ctx::Fields) && (raw == "input" || raw == "inputs") {
                 let item = self.props_map(node, name_span)?;
-                map.append_list(Node::string("inputs", name_span), vec![item], node_span(node));
+                map.append_list(
+                    Node::string("inputs", name_span),
+                    vec![item],
+                    node_span(node),
+                );
                 continue;
             }
             let child_ctx = match (ctx, raw) {
@@ -196,7 +220,11 @@ impl Reader<'_> {
             ));
         };
         if let Some(p) = self.props(node).next() {
-            return Err(unexpected_property(self, p, "step settings go in its `{ ... }` block"));
+            return Err(unexpected_property(
+                self,
+                p,
+                "step settings go in its `{ ... }` block",
+            ));
         }
         let id_node = self.scalar(id);
         let body = match node.children() {
@@ -222,7 +250,10 @@ impl Reader<'_> {
         if let Some(children) = node.children() {
             return Err(Problem::new(
                 "kdl::unexpected_children",
-                format!("`{}` takes its items as arguments, not a block", node.name().value()),
+                format!(
+                    "`{}` takes its items as arguments, not a block",
+                    node.name().value()
+                ),
                 span_of(children.span()),
                 "unexpected block",
             ));
@@ -249,7 +280,8 @@ impl Reader<'_> {
         }
         if let Some(children) = node.children() {
             for c in children.nodes() {
-                let key = Node::string(c.name().value().replace('-', "_"), span_of(c.name().span()));
+                let key =
+                    Node::string(c.name().value().replace('-', "_"), span_of(c.name().span()));
                 let value = self.value(c, Ctx::Fields, key.span, 0)?;
                 map.insert(key, value)?;
             }
@@ -312,7 +344,9 @@ impl Reader<'_> {
                 span_of(first.span()),
                 "argument here",
             )
-            .with_help("give either one value as an argument, or properties and/or a `{ ... }` block")),
+            .with_help(
+                "give either one value as an argument, or properties and/or a `{ ... }` block",
+            )),
         }
     }
 }

@@ -57,9 +57,20 @@ pub fn load_source(source: SourceFile) -> Result<Job, ManifestError> {
     let source = Arc::new(source);
     let mut node = parse_tree(&source).map_err(|p| ManifestError::invalid(&source, p))?;
     drop_extension_keys(&mut node);
+    if node.kind == node::Kind::Scalar(node::Scalar::Null) {
+        let p = Problem::new(
+            "manifest::empty",
+            "the manifest is empty",
+            node.span,
+            "nothing here",
+        )
+        .with_help("a job needs at least `name` and `steps`");
+        return Err(ManifestError::invalid(&source, vec![p]));
+    }
     let mut job: Job = de::from_node(&node)
         .map_err(|e| ManifestError::invalid(&source, vec![e.into_problem(source.syntax)]))?;
     job.source = Arc::clone(&source);
+    normalize(&mut job);
     let mut problems = validate::validate(&job);
     problems.sort_by_key(|p| p.span.offset);
     if problems.is_empty() {
@@ -75,6 +86,17 @@ pub fn parse_tree(source: &SourceFile) -> Result<Node, Vec<Problem>> {
     match source.syntax {
         Syntax::Yaml => yaml::parse(&source.text).map_err(|p| vec![p]),
         Syntax::Kdl => kdl::parse(&source.text),
+    }
+}
+
+/// Makes equal what only the syntax made different: a YAML `|` block ends
+/// in a newline, a KDL `"""` string does not; the shell does not care.
+fn normalize(job: &mut Job) {
+    for step in job.steps.values_mut() {
+        if let Some(run) = &mut step.run {
+            let trimmed = run.value.trim_end_matches('\n').len();
+            run.value.truncate(trimmed);
+        }
     }
 }
 

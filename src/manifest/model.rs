@@ -28,6 +28,7 @@ pub struct Job {
     pub defaults: Defaults,
     /// Environment variables for every step.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(with = "IndexMap<EnvName, ScalarText>")]
     pub env: IndexMap<EnvName, Spanned<String>>,
     /// Most steps running at once (default: from the host's size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +104,7 @@ pub struct Step {
     /// Fan-out: one instance per combination of values; use the values
     /// as `${{ matrix.KEY }}`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(with = "IndexMap<MatrixKey, Vec<ScalarText>>")]
     pub matrix: IndexMap<Spanned<MatrixKey>, Vec<Spanned<String>>>,
     /// Root image (overrides `defaults.image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +114,7 @@ pub struct Step {
     pub resources: Option<Resources>,
     /// Environment variables (added to the job's).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(with = "IndexMap<EnvName, ScalarText>")]
     pub env: IndexMap<EnvName, Spanned<String>>,
     /// Variables taken from the runner's environment and masked in all
     /// output.
@@ -266,6 +269,19 @@ pub enum Condition {
     /// Always, once the dependencies have finished.
     #[serde(rename = "always()")]
     Always,
+}
+
+/// Schema of text fields that also take numbers and booleans, as written
+/// (`SEED: 1`, `opt: [0, 2]`).
+pub struct ScalarText;
+
+impl JsonSchema for ScalarText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ScalarText".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
 }
 
 macro_rules! name_type {

@@ -64,12 +64,20 @@ impl Job {
             ImageRef::Name(image.to_owned())
         };
         let res = |f: fn(&super::model::Resources) -> Option<u64>| {
-            step.resources.as_ref().and_then(f).or_else(|| d.resources.as_ref().and_then(f))
+            step.resources
+                .as_ref()
+                .and_then(f)
+                .or_else(|| d.resources.as_ref().and_then(f))
         };
         let lim = |f: fn(&super::model::Limits) -> Option<u64>| {
-            step.limits.as_ref().and_then(f).or_else(|| d.limits.as_ref().and_then(f))
+            step.limits
+                .as_ref()
+                .and_then(f)
+                .or_else(|| d.limits.as_ref().and_then(f))
         };
-        let small = |v: Option<u64>, default: u32| v.map_or(default, |v| u32::try_from(v).unwrap_or(u32::MAX));
+        let small = |v: Option<u64>, default: u32| {
+            v.map_or(default, |v| u32::try_from(v).unwrap_or(u32::MAX))
+        };
         Settings {
             image,
             timeout: step
@@ -80,7 +88,11 @@ impl Job {
             vcpus: small(res(|r| r.vcpus.as_ref().map(|v| u64::from(v.value))), 1),
             memory: ByteSize(res(|r| r.memory.as_ref().map(|v| v.value.0)).unwrap_or(512 * MI)),
             disk: ByteSize(res(|r| r.disk.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI)),
-            egress: step.egress.clone().or_else(|| d.egress.clone()).unwrap_or_default(),
+            egress: step
+                .egress
+                .clone()
+                .or_else(|| d.egress.clone())
+                .unwrap_or_default(),
             user: step.user.or(d.user).unwrap_or_default(),
             retries: step
                 .retries
@@ -88,9 +100,14 @@ impl Job {
                 .or(d.retries.as_ref())
                 .map_or(0, |r| r.value),
             pids: small(lim(|l| l.pids.as_ref().map(|v| u64::from(v.value))), 1024),
-            open_files: small(lim(|l| l.open_files.as_ref().map(|v| u64::from(v.value))), 1024),
+            open_files: small(
+                lim(|l| l.open_files.as_ref().map(|v| u64::from(v.value))),
+                1024,
+            ),
             output: ByteSize(lim(|l| l.output.as_ref().map(|v| v.value.0)).unwrap_or(10 * MI)),
-            file_size: ByteSize(lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI)),
+            file_size: ByteSize(
+                lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI),
+            ),
         }
     }
 }

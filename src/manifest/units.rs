@@ -175,7 +175,12 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     /// The largest binary unit that divides the size exactly.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, size) in [("TiB", KI.pow(4)), ("GiB", KI.pow(3)), ("MiB", KI.pow(2)), ("KiB", KI)] {
+        for (unit, size) in [
+            ("TiB", KI.pow(4)),
+            ("GiB", KI.pow(3)),
+            ("MiB", KI.pow(2)),
+            ("KiB", KI),
+        ] {
             if self.0 >= size && self.0 % size == 0 {
                 return write!(f, "{}{unit}", self.0 / size);
             }
@@ -284,7 +289,10 @@ mod tests {
         assert_eq!(d("1.5h"), Err(UnitError::Malformed("1.5h".into())));
         assert_eq!(d("-1s"), Err(UnitError::Malformed("-1s".into())));
         assert_eq!(d(""), Err(UnitError::Empty));
-        assert!(matches!(d("99999999999999999999d"), Err(UnitError::Overflow(_))));
+        assert!(matches!(
+            d("99999999999999999999d"),
+            Err(UnitError::Overflow(_))
+        ));
     }
 
     #[test]
@@ -305,10 +313,22 @@ mod tests {
 
     #[test]
     fn sizes_reject_bare_numbers_bad_units_and_overflow() {
-        assert_eq!("512".parse::<ByteSize>(), Err(UnitError::NoUnit("512".into())));
-        assert!(matches!("5mb".parse::<ByteSize>(), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!("1G1M".parse::<ByteSize>(), Err(UnitError::Malformed(_))));
-        assert!(matches!("99999999TiB".parse::<ByteSize>(), Err(UnitError::Overflow(_))));
+        assert_eq!(
+            "512".parse::<ByteSize>(),
+            Err(UnitError::NoUnit("512".into()))
+        );
+        assert!(matches!(
+            "5mb".parse::<ByteSize>(),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "1G1M".parse::<ByteSize>(),
+            Err(UnitError::Malformed(_))
+        ));
+        assert!(matches!(
+            "99999999TiB".parse::<ByteSize>(),
+            Err(UnitError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -67,14 +67,24 @@ impl Validator<'_> {
         let job = self.job;
         if job.name.trim().is_empty() {
             self.push(
-                Problem::new("manifest::empty", "the job name is empty", job.name.span, "empty")
-                    .with_field("name"),
+                Problem::new(
+                    "manifest::empty",
+                    "the job name is empty",
+                    job.name.span,
+                    "empty",
+                )
+                .with_field("name"),
             );
         }
         if job.steps.is_empty() {
             self.push(
-                Problem::new("manifest::no_steps", "the job has no steps", job.name.span, "this job")
-                    .with_field("steps"),
+                Problem::new(
+                    "manifest::no_steps",
+                    "the job has no steps",
+                    job.name.span,
+                    "this job",
+                )
+                .with_field("steps"),
             );
         }
         if let Some(c) = &job.concurrency {
@@ -144,7 +154,12 @@ impl Validator<'_> {
             self.range(v, PIDS_RANGE, "pids", format!("{at}.pids"));
         }
         if let Some(v) = &l.open_files {
-            self.range(v, OPEN_FILES_RANGE, "open_files", format!("{at}.open_files"));
+            self.range(
+                v,
+                OPEN_FILES_RANGE,
+                "open_files",
+                format!("{at}.open_files"),
+            );
         }
         if let Some(v) = &l.output {
             self.range(v, OUTPUT_RANGE, "output", format!("{at}.output"));
@@ -172,7 +187,9 @@ impl Validator<'_> {
                 );
             }
         } else if s.is_empty()
-            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
         {
             self.push(
                 Problem::new(
@@ -226,10 +243,20 @@ impl Validator<'_> {
             self.expressions(run, &keys, &format!("step `{id}`"), &format!("{at}.run"));
         }
         for (i, arg) in step.command.iter().flatten().enumerate() {
-            self.expressions(arg, &keys, &format!("step `{id}`"), &format!("{at}.command[{i}]"));
+            self.expressions(
+                arg,
+                &keys,
+                &format!("step `{id}`"),
+                &format!("{at}.command[{i}]"),
+            );
         }
         for (name, value) in &step.env {
-            self.expressions(value, &keys, &format!("step `{id}`"), &format!("{at}.env.{name}"));
+            self.expressions(
+                value,
+                &keys,
+                &format!("step `{id}`"),
+                &format!("{at}.env.{name}"),
+            );
         }
         for (i, need) in step.needs.iter().enumerate() {
             self.step_ref(need, &format!("{at}.needs[{i}]"));
@@ -347,7 +374,9 @@ impl Validator<'_> {
                     "nothing to take from this step",
                 )
                 .with_field(format!("{at}.step"))
-                .with_help(format!("add `outputs: [...]` to step `{producer}`, or use `needs` to only wait for it")),
+                .with_help(format!(
+                    "add `outputs: [...]` to step `{producer}`, or use `needs` to only wait for it"
+                )),
             );
             return;
         }
@@ -371,7 +400,10 @@ impl Validator<'_> {
             self.push(
                 Problem::new(
                     "manifest::undeclared_output",
-                    format!("step `{producer}` does not declare output `{}`", path.as_str()),
+                    format!(
+                        "step `{producer}` does not declare output `{}`",
+                        path.as_str()
+                    ),
                     path.span,
                     "not among its outputs",
                 )
@@ -389,13 +421,16 @@ impl Validator<'_> {
             Problem::new("manifest::host_path", msg, host.span, label).with_field(field)
         };
         let joined = base.join(host.as_str());
-        let escapes_lexically = Path::new(host.as_str()).is_absolute()
-            || host.split('/').any(|c| c == "..");
+        let escapes_lexically =
+            Path::new(host.as_str()).is_absolute() || host.split('/').any(|c| c == "..");
         match (joined.canonicalize(), base.canonicalize()) {
             (Ok(resolved), Ok(root)) => {
                 if !resolved.starts_with(&root) {
                     let p = problem(
-                        format!("host input `{}` is outside the manifest's directory", host.as_str()),
+                        format!(
+                            "host input `{}` is outside the manifest's directory",
+                            host.as_str()
+                        ),
                         "escapes the manifest's directory",
                     )
                     .with_help("host inputs are relative to the manifest and stay below it");
@@ -404,7 +439,10 @@ impl Validator<'_> {
             }
             (Err(_), _) if escapes_lexically => {
                 let p = problem(
-                    format!("host input `{}` is outside the manifest's directory", host.as_str()),
+                    format!(
+                        "host input `{}` is outside the manifest's directory",
+                        host.as_str()
+                    ),
                     "escapes the manifest's directory",
                 )
                 .with_help("host inputs are relative to the manifest and stay below it");
@@ -415,7 +453,10 @@ impl Validator<'_> {
                     format!("host input `{}` does not exist", host.as_str()),
                     "no such file or directory",
                 )
-                .with_help(format!("paths are relative to the manifest's directory ({})", base.display()));
+                .with_help(format!(
+                    "paths are relative to the manifest's directory ({})",
+                    base.display()
+                ));
                 self.push(p);
             }
         }
@@ -441,8 +482,11 @@ impl Validator<'_> {
         }
         if text.split('/').any(|c| c == "..") {
             self.push(
-                problem(format!("{what} path `{text}` leaves the work dir"), "`..` not allowed")
-                    .with_help("paths stay inside the step's work dir"),
+                problem(
+                    format!("{what} path `{text}` leaves the work dir"),
+                    "`..` not allowed",
+                )
+                .with_help("paths stay inside the step's work dir"),
             );
             return;
         }
@@ -489,7 +533,10 @@ impl Validator<'_> {
                     self.push(
                         Problem::new(
                             "manifest::matrix_value",
-                            format!("matrix value `{}` cannot be used in an instance id", v.as_str()),
+                            format!(
+                                "matrix value `{}` cannot be used in an instance id",
+                                v.as_str()
+                            ),
                             v.span,
                             "empty, or holds `[`, `]`, `,`, `=` or a newline",
                         )
@@ -500,7 +547,11 @@ impl Validator<'_> {
             total = total.saturating_mul(values.len().max(1));
         }
         if total > MAX_MATRIX_INSTANCES {
-            let span = step.matrix.keys().next().map_or(Span::default(), |k| k.span);
+            let span = step
+                .matrix
+                .keys()
+                .next()
+                .map_or(Span::default(), |k| k.span);
             self.push(
                 Problem::new(
                     "manifest::matrix_too_large",
@@ -570,7 +621,10 @@ impl Validator<'_> {
                                 Some(m) => format!("did you mean `matrix.{m}`?"),
                                 None => format!(
                                     "{scope} has: {}",
-                                    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                                    keys.iter()
+                                        .map(|k| format!("`{k}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
                                 ),
                             }),
                         )
@@ -598,8 +652,13 @@ impl Validator<'_> {
                     let tail = value.get(at..).unwrap_or("");
                     let span = self.sub_span(value, tail.lines().next().unwrap_or(tail));
                     self.push(
-                        Problem::new("manifest::expression", "`${{` without a closing `}}`", span, "unclosed")
-                            .with_field(field),
+                        Problem::new(
+                            "manifest::expression",
+                            "`${{` without a closing `}}`",
+                            span,
+                            "unclosed",
+                        )
+                        .with_field(field),
                     );
                 }
             }
@@ -664,7 +723,11 @@ mod tests {
 
     #[test]
     fn globs_are_checked_after_blanking_expressions() {
-        assert!(GlobBuilder::new(&blank_expressions("a/${{ matrix.x }}/*.o")).build().is_ok());
+        assert!(
+            GlobBuilder::new(&blank_expressions("a/${{ matrix.x }}/*.o"))
+                .build()
+                .is_ok()
+        );
         assert!(GlobBuilder::new("a/[b").build().is_err());
     }
 }

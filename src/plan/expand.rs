@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use indexmap::IndexMap;
 
-use crate::manifest::{
-    substitute, Condition, InputSource, Job, RetryOn, Settings, Step, StepId,
-};
+use crate::manifest::{substitute, Condition, InputSource, Job, RetryOn, Settings, Step, StepId};
 
 /// An instance's index in its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,7 +112,12 @@ pub(crate) fn instance(
     matrix: Vec<(String, String)>,
     settings: &Settings,
 ) -> Instance {
-    let lookup = |k: &str| matrix.iter().find(|(mk, _)| mk == k).map(|(_, v)| v.as_str());
+    let lookup = |k: &str| {
+        matrix
+            .iter()
+            .find(|(mk, _)| mk == k)
+            .map(|(_, v)| v.as_str())
+    };
     let sub = |s: &str| substitute(s, lookup);
     let command = match (&step.run, &step.command) {
         (Some(run), _) => Command::Shell(sub(run)),
@@ -173,7 +176,10 @@ mod tests {
     #[test]
     fn instance_names_list_matrix_values_in_key_order() {
         assert_eq!(instance_name("build", &[]), "build");
-        let m = vec![("os".to_owned(), "x".to_owned()), ("case".to_owned(), "a".to_owned())];
+        let m = vec![
+            ("os".to_owned(), "x".to_owned()),
+            ("case".to_owned(), "a".to_owned()),
+        ];
         assert_eq!(instance_name("test", &m), "test[os=x,case=a]");
     }
 }

@@ -194,7 +194,11 @@ impl Plan {
 /// Rejects dependency cycles between steps, naming the whole cycle.
 fn check_cycles(job: &Job) -> Result<(), PlanError> {
     let ids: Vec<&Spanned<StepId>> = job.steps.keys().collect();
-    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     // Edge a → b: step a needs step b.
     let mut graph: DiGraph<(), ()> = DiGraph::with_capacity(ids.len(), ids.len());
     for _ in &ids {
@@ -229,7 +233,11 @@ fn check_cycles(job: &Job) -> Result<(), PlanError> {
     for (k, &a) in cycle.iter().enumerate() {
         let b = cycle[(k + 1) % cycle.len()];
         let dep_span = step_of(a)
-            .and_then(|s| s.dependencies().into_iter().find(|d| d.as_str() == ids[b].as_str()))
+            .and_then(|s| {
+                s.dependencies()
+                    .into_iter()
+                    .find(|d| d.as_str() == ids[b].as_str())
+            })
             .map(|d| d.span)
             .unwrap_or(ids[a].span);
         labels.push((dep_span, format!("`{}` needs `{}`", ids[a], ids[b])));
@@ -246,7 +254,10 @@ fn check_cycles(job: &Job) -> Result<(), PlanError> {
     for (s, l) in labels {
         p = p.with_note(s, l);
     }
-    Err(PlanError::Cycle(ManifestError::invalid(&job.source, vec![p])))
+    Err(PlanError::Cycle(ManifestError::invalid(
+        &job.source,
+        vec![p],
+    )))
 }
 
 /// A cycle through the smallest node of a strongly connected component.
@@ -298,7 +309,8 @@ fn only_instances(instances: Vec<Instance>, names: &[String]) -> Result<Vec<Inst
             .map(|(n, _)| n)
             .collect();
         if hits.is_empty() {
-            let suggestion = did_you_mean(name, instances.iter().map(|i| i.name.as_str())).map(str::to_owned);
+            let suggestion =
+                did_you_mean(name, instances.iter().map(|i| i.name.as_str())).map(str::to_owned);
             return Err(PlanError::UnknownSelection {
                 name: name.clone(),
                 suggestion,
@@ -320,7 +332,9 @@ fn only_instances(instances: Vec<Instance>, names: &[String]) -> Result<Vec<Inst
             next += 1;
         }
     }
-    let remap = |ids: &[InstanceId]| -> Vec<InstanceId> { ids.iter().filter_map(|d| new_index[d.0]).collect() };
+    let remap = |ids: &[InstanceId]| -> Vec<InstanceId> {
+        ids.iter().filter_map(|d| new_index[d.0]).collect()
+    };
     let mut out = Vec::with_capacity(next);
     for (i, mut inst) in instances.into_iter().enumerate() {
         if !keep[i] {
@@ -339,7 +353,10 @@ fn only_instances(instances: Vec<Instance>, names: &[String]) -> Result<Vec<Inst
 
 /// Which steps the selection keeps: the named ones and their transitive
 /// dependencies.
-fn selected_steps<'j>(job: &'j Job, selection: &Selection) -> Result<HashMap<&'j str, bool>, PlanError> {
+fn selected_steps<'j>(
+    job: &'j Job,
+    selection: &Selection,
+) -> Result<HashMap<&'j str, bool>, PlanError> {
     let names = match selection {
         Selection::All => return Ok(job.steps.keys().map(|k| (k.as_str(), true)).collect()),
         Selection::Only(names) => names,
@@ -349,7 +366,8 @@ fn selected_steps<'j>(job: &'j Job, selection: &Selection) -> Result<HashMap<&'j
     for name in names {
         let step_id = name.split_once('[').map_or(name.as_str(), |(s, _)| s);
         let Some((id, _)) = job.steps.get_key_value(step_id) else {
-            let suggestion = did_you_mean(step_id, job.steps.keys().map(|k| k.as_str())).map(str::to_owned);
+            let suggestion =
+                did_you_mean(step_id, job.steps.keys().map(|k| k.as_str())).map(str::to_owned);
             return Err(PlanError::UnknownSelection {
                 name: name.clone(),
                 suggestion,

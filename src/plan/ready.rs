@@ -86,7 +86,8 @@ impl Plan {
                         break;
                     }
                     Some(&o) => {
-                        all_ok &= o == Outcome::Succeeded || (o == Outcome::Failed && !failed(self, *d, o));
+                        all_ok &= o == Outcome::Succeeded
+                            || (o == Outcome::Failed && !failed(self, *d, o));
                         upstream |= tainted[d.0];
                     }
                 }

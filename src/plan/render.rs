@@ -48,7 +48,11 @@ impl Plan {
                 let inst = self.instance(id);
                 let _ = write!(out, "  {}", inst.name);
                 if !inst.deps.is_empty() {
-                    let deps: Vec<&str> = inst.deps.iter().map(|d| self.instance(*d).name.as_str()).collect();
+                    let deps: Vec<&str> = inst
+                        .deps
+                        .iter()
+                        .map(|d| self.instance(*d).name.as_str())
+                        .collect();
                     let _ = write!(out, "  <- {}", deps.join(", "));
                 }
                 out.push('\n');
