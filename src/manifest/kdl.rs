@@ -11,6 +11,8 @@
 //! Otherwise a node with one argument is a scalar, a node with properties
 //! and/or children is a map.
 
+use std::collections::HashMap;
+
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 
 use super::error::Problem;
@@ -373,34 +375,45 @@ fn unexpected_property(r: &Reader<'_>, p: &KdlEntry, help: &str) -> Problem {
 #[derive(Default)]
 struct MapBuilder {
     entries: Vec<(Node, Node)>,
+    /// Key text → index in `entries`, so large maps stay linear.
+    index: HashMap<String, usize>,
 }
 
 impl MapBuilder {
     fn from_node(n: Node) -> MapBuilder {
         match n.kind {
-            Kind::Map(entries) => MapBuilder { entries },
+            Kind::Map(entries) => {
+                let index = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (k.key_text(), i))
+                    .collect();
+                MapBuilder { entries, index }
+            }
             _ => MapBuilder::default(),
         }
     }
 
     fn insert(&mut self, key: Node, value: Node) -> Result<(), Problem> {
         let text = key.key_text();
-        if let Some((first, _)) = self.entries.iter().find(|(k, _)| k.key_text() == text) {
+        if let Some(&first) = self.index.get(&text) {
             return Err(Problem::new(
                 "kdl::duplicate_key",
                 format!("duplicate `{text}`"),
                 key.span,
                 "given again here",
             )
-            .with_note(first.span, "first given here"));
+            .with_note(self.entries[first].0.span, "first given here"));
         }
+        self.index.insert(text, self.entries.len());
         self.entries.push((key, value));
         Ok(())
     }
 
     fn append_list(&mut self, key: Node, items: Vec<Node>, span: Span) {
         let text = key.key_text();
-        if let Some((_, v)) = self.entries.iter_mut().find(|(k, _)| k.key_text() == text) {
+        if let Some(&i) = self.index.get(&text) {
+            let v = &mut self.entries[i].1;
             if let Kind::Seq(existing) = &mut v.kind {
                 existing.extend(items);
                 v.span = v.span.join(span);
@@ -410,6 +423,7 @@ impl MapBuilder {
         let head = key.span;
         let mut list = Node::new(Kind::Seq(items), span);
         list.head = head;
+        self.index.insert(text, self.entries.len());
         self.entries.push((key, list));
     }
 

@@ -182,6 +182,8 @@ impl<'a> Reader<'a> {
 
     fn mapping(&mut self, start: Span, depth: usize) -> Result<Node, Problem> {
         let mut entries: Vec<(Node, Node)> = Vec::new();
+        // Key text → index in `entries`, so large maps stay linear.
+        let mut seen: HashMap<String, usize> = HashMap::new();
         let mut merged: Vec<(Node, Node)> = Vec::new();
         let end = loop {
             let (ev, s) = self.next()?;
@@ -208,22 +210,24 @@ impl<'a> Reader<'a> {
                 value.head = key.span;
             }
             let text = key.key_text();
-            if let Some((first, _)) = entries.iter().find(|(k, _)| k.key_text() == text) {
+            if let Some(&first) = seen.get(&text) {
                 return Err(Problem::new(
                     "yaml::duplicate_key",
                     format!("duplicate key `{text}`"),
                     key.span,
                     "defined again here",
                 )
-                .with_note(first.span, "first defined here"));
+                .with_note(entries[first].0.span, "first defined here"));
             }
+            seen.insert(text, entries.len());
             entries.push((key, value));
         };
         // Explicit keys win over merged ones; among merged maps the first
         // listed wins (YAML merge-key semantics).
         for (k, v) in merged {
             let text = k.key_text();
-            if !entries.iter().any(|(e, _)| e.key_text() == text) {
+            if !seen.contains_key(&text) {
+                seen.insert(text, entries.len());
                 entries.push((k, v));
             }
         }

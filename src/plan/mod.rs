@@ -13,3 +13,6 @@ pub use expand::{Command, Instance, InstanceId, PlannedInput};
 pub use graph::{Plan, Selection};
 pub use ready::{Outcome, Progress, Ready};
 pub use render::Format;
+
+#[cfg(test)]
+mod tests;
