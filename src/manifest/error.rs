@@ -9,9 +9,14 @@ use miette::{Diagnostic, LabeledSpan, NamedSource};
 
 use super::source::{SourceFile, Span};
 
-/// One thing wrong with a manifest, located in its text.
+/// One thing wrong with a manifest, located in its text. Boxed, so that
+/// `Result<_, Problem>` stays small on the happy path.
 #[derive(Debug, Clone)]
-pub struct Problem {
+pub struct Problem(Box<ProblemData>);
+
+/// The contents of a [`Problem`].
+#[derive(Debug, Clone)]
+pub struct ProblemData {
     /// Stable diagnostic code, e.g. `manifest::unknown_field`.
     pub code: &'static str,
     /// What is wrong, as a lowercase sentence fragment.
@@ -29,6 +34,19 @@ pub struct Problem {
     source: Option<NamedSource<Arc<String>>>,
 }
 
+impl std::ops::Deref for Problem {
+    type Target = ProblemData;
+    fn deref(&self) -> &ProblemData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemData {
+        &mut self.0
+    }
+}
+
 impl Problem {
     /// A problem at `span`.
     pub fn new(
@@ -37,7 +55,7 @@ impl Problem {
         span: Span,
         label: impl Into<String>,
     ) -> Problem {
-        Problem {
+        Problem(Box::new(ProblemData {
             code,
             message: message.into(),
             field: None,
@@ -46,7 +64,7 @@ impl Problem {
             help: None,
             notes: Vec::new(),
             source: None,
-        }
+        }))
     }
 
     /// Names the field the problem is in.

@@ -437,3 +437,48 @@ impl MapBuilder {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: &Node) -> &[(Node, Node)] {
+        match &n.kind {
+            Kind::Map(e) => e,
+            _ => &[],
+        }
+    }
+
+    #[test]
+    fn spans_are_byte_offsets_even_after_non_ascii_text() {
+        let text = "description \"héllo wörld\"\nname \"x\"\n";
+        let root = parse(text).unwrap_or_else(|p| panic!("{p:?}"));
+        let (k, v) = &entries(&root)[1];
+        assert_eq!(&text[k.span.offset..k.span.end()], "name");
+        assert_eq!(&text[v.span.offset..v.span.end()], "\"x\"");
+    }
+
+    #[test]
+    fn list_nodes_repeat_and_steps_form_a_map() {
+        let text = "step a {\n  output \"x\"\n  output \"y\" \"z\"\n}\nstep b { run \"r\"; }\n";
+        let root = parse(text).unwrap_or_else(|p| panic!("{p:?}"));
+        let json = root.to_json();
+        assert_eq!(
+            json["steps"]["a"]["outputs"],
+            serde_json::json!(["x", "y", "z"])
+        );
+        assert_eq!(json["steps"]["b"]["run"], "r");
+    }
+
+    #[test]
+    fn kebab_names_become_snake_but_env_keys_stay() {
+        let text = "fail-fast #true\nenv { MY_VAR \"1\"; }\nstep a { retry-on failure; }\n";
+        let json = parse(text).unwrap_or_else(|p| panic!("{p:?}")).to_json();
+        assert_eq!(json["fail_fast"], true);
+        assert_eq!(json["env"]["MY_VAR"], "1");
+        assert_eq!(
+            json["steps"]["a"]["retry_on"],
+            serde_json::json!(["failure"])
+        );
+    }
+}

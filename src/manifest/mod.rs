@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub use de::Spanned;
 pub use egress::{Egress, EgressError, EgressRule, HostPattern};
-pub use error::{did_you_mean, render, ManifestError, Problem, Problems};
+pub use error::{did_you_mean, render, ManifestError, Problem, ProblemData, Problems};
 pub use interpolate::{expressions, substitute, Expr};
 pub use model::{
     Condition, Defaults, EnvName, Input, InputSource, Job, Limits, MatrixKey, Resources, RetryOn,

@@ -423,21 +423,14 @@ impl Validator<'_> {
         let joined = base.join(host.as_str());
         let escapes_lexically =
             Path::new(host.as_str()).is_absolute() || host.split('/').any(|c| c == "..");
-        match (joined.canonicalize(), base.canonicalize()) {
-            (Ok(resolved), Ok(root)) => {
-                if !resolved.starts_with(&root) {
-                    let p = problem(
-                        format!(
-                            "host input `{}` is outside the manifest's directory",
-                            host.as_str()
-                        ),
-                        "escapes the manifest's directory",
-                    )
-                    .with_help("host inputs are relative to the manifest and stay below it");
-                    self.push(p);
-                }
-            }
-            (Err(_), _) if escapes_lexically => {
+        let escapes = match (joined.canonicalize(), base.canonicalize()) {
+            (Ok(resolved), Ok(root)) => Some(!resolved.starts_with(&root)),
+            (Err(_), _) if escapes_lexically => Some(true),
+            _ => None,
+        };
+        match escapes {
+            Some(false) => {}
+            Some(true) => {
                 let p = problem(
                     format!(
                         "host input `{}` is outside the manifest's directory",
@@ -448,7 +441,7 @@ impl Validator<'_> {
                 .with_help("host inputs are relative to the manifest and stay below it");
                 self.push(p);
             }
-            _ => {
+            None => {
                 let p = problem(
                     format!("host input `{}` does not exist", host.as_str()),
                     "no such file or directory",

@@ -85,17 +85,10 @@ impl<'a> Reader<'a> {
                     let (ev, span) = self.next()?;
                     root = Some(self.node(ev, span, 0)?);
                 }
-                other => {
-                    // A stream without document markers still yields
-                    // DocumentStart first; anything else here is a bug in
-                    // the event order we do not want to panic on.
-                    return Err(Problem::new(
-                        "yaml::syntax",
-                        format!("invalid YAML: unexpected {other:?}"),
-                        span,
-                        "here",
-                    ));
-                }
+                // A stream without document markers still yields
+                // DocumentStart first; anything else is an event order we
+                // do not want to panic on.
+                other => return Err(unexpected(&other, span)),
             }
         }
         Ok(root.unwrap_or_else(|| Node::new(Kind::Scalar(Scalar::Null), Span::default())))
@@ -164,14 +157,7 @@ impl<'a> Reader<'a> {
                 let node = self.mapping(span, depth)?;
                 (node, anchor)
             }
-            other => {
-                return Err(Problem::new(
-                    "yaml::syntax",
-                    format!("invalid YAML: unexpected {other:?}"),
-                    span,
-                    "here",
-                ))
-            }
+            other => return Err(unexpected(&other, span)),
         };
         if anchor != 0 {
             let size = self.nodes - before;
@@ -226,13 +212,22 @@ impl<'a> Reader<'a> {
         // listed wins (YAML merge-key semantics).
         for (k, v) in merged {
             let text = k.key_text();
-            if !seen.contains_key(&text) {
-                seen.insert(text, entries.len());
+            if let std::collections::hash_map::Entry::Vacant(slot) = seen.entry(text) {
+                slot.insert(entries.len());
                 entries.push((k, v));
             }
         }
         Ok(Node::new(Kind::Map(entries), start.join(end)))
     }
+}
+
+fn unexpected(event: &Event<'_>, span: Span) -> Problem {
+    Problem::new(
+        "yaml::syntax",
+        format!("invalid YAML: unexpected {event:?}"),
+        span,
+        "here",
+    )
 }
 
 /// Collects the entries a `<<` value contributes, first source first.
