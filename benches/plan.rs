@@ -12,10 +12,17 @@ const CHAIN_LEN: usize = 200;
 const FANOUT: usize = 1_998;
 const RUNS: usize = 7;
 
+/// How one syntax writes each kind of generated step.
+struct Templates {
+    root: &'static str,
+    chain: fn(&str, &str) -> String,
+    fan: fn(usize) -> String,
+    sink: fn(&[String]) -> String,
+}
+
 /// 1 root + 40 chains of 200 + 1,998 matrix steps (3 instances each) + 1 sink.
-fn generate_yaml() -> String {
-    let mut s =
-        String::from("name: bench\nsteps:\n  root:\n    run: echo root\n    outputs: [out/]\n");
+fn generate(t: &Templates) -> String {
+    let mut s = String::from(t.root);
     for c in 0..CHAINS {
         for i in 0..CHAIN_LEN {
             let prev = if i == 0 {
@@ -23,55 +30,50 @@ fn generate_yaml() -> String {
             } else {
                 format!("c{c}-{}", i - 1)
             };
-            s.push_str(&format!(
-                "  c{c}-{i}:\n    inputs: [{{ step: {prev}, to: in }}]\n    run: cp -r in out\n    outputs: [out/]\n    timeout: 1m\n"
-            ));
+            s.push_str(&(t.chain)(&format!("c{c}-{i}"), &prev));
         }
     }
     for f in 0..FANOUT {
-        s.push_str(&format!(
-            "  f{f}:\n    needs: [root]\n    matrix: {{ case: [a, b, c] }}\n    run: echo ${{{{ matrix.case }}}}\n    env: {{ N: \"{f}\" }}\n"
-        ));
+        s.push_str(&(t.fan)(f));
     }
     let ends: Vec<String> = (0..CHAINS)
         .map(|c| format!("c{c}-{}", CHAIN_LEN - 1))
         .collect();
-    s.push_str(&format!(
-        "  sink:\n    needs: [{}]\n    run: echo done\n",
-        ends.join(", ")
-    ));
+    s.push_str(&(t.sink)(&ends));
     s
 }
 
-fn generate_kdl() -> String {
-    let mut s =
-        String::from("name bench\nstep root {\n    run \"echo root\"\n    output \"out/\"\n}\n");
-    for c in 0..CHAINS {
-        for i in 0..CHAIN_LEN {
-            let prev = if i == 0 {
-                "root".to_owned()
-            } else {
-                format!("c{c}-{}", i - 1)
-            };
-            s.push_str(&format!(
-                "step c{c}-{i} {{\n    input step={prev} to=in\n    run \"cp -r in out\"\n    output \"out/\"\n    timeout \"1m\"\n}}\n"
-            ));
-        }
-    }
-    for f in 0..FANOUT {
-        s.push_str(&format!(
-            "step f{f} {{\n    needs root\n    matrix {{\n        case a b c\n    }}\n    run \"echo ${{{{ matrix.case }}}}\"\n    env N=\"{f}\"\n}}\n"
-        ));
-    }
-    let ends: Vec<String> = (0..CHAINS)
-        .map(|c| format!("c{c}-{}", CHAIN_LEN - 1))
-        .collect();
-    s.push_str(&format!(
-        "step sink {{\n    needs {}\n    run \"echo done\"\n}}\n",
-        ends.join(" ")
-    ));
-    s
-}
+const YAML: Templates = Templates {
+    root: "name: bench\nsteps:\n  root:\n    run: echo root\n    outputs: [out/]\n",
+    chain: |id, prev| {
+        format!("  {id}:\n    inputs: [{{ step: {prev}, to: in }}]\n    run: cp -r in out\n    outputs: [out/]\n    timeout: 1m\n")
+    },
+    fan: |f| {
+        format!("  f{f}:\n    needs: [root]\n    matrix: {{ case: [a, b, c] }}\n    run: echo ${{{{ matrix.case }}}}\n    env: {{ N: \"{f}\" }}\n")
+    },
+    sink: |ends| {
+        format!(
+            "  sink:\n    needs: [{}]\n    run: echo done\n",
+            ends.join(", ")
+        )
+    },
+};
+
+const KDL: Templates = Templates {
+    root: "name bench\nstep root {\n    run \"echo root\"\n    output \"out/\"\n}\n",
+    chain: |id, prev| {
+        format!("step {id} {{\n    input step={prev} to=in\n    run \"cp -r in out\"\n    output \"out/\"\n    timeout \"1m\"\n}}\n")
+    },
+    fan: |f| {
+        format!("step f{f} {{\n    needs root\n    matrix {{\n        case a b c\n    }}\n    run \"echo ${{{{ matrix.case }}}}\"\n    env N=\"{f}\"\n}}\n")
+    },
+    sink: |ends| {
+        format!(
+            "step sink {{\n    needs {}\n    run \"echo done\"\n}}\n",
+            ends.join(" ")
+        )
+    },
+};
 
 /// Peak resident memory since the last reset, in KiB (Linux).
 fn peak_kib() -> Option<u64> {
@@ -159,8 +161,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let yaml = generate_yaml();
-    let kdl = generate_kdl();
+    let yaml = generate(&YAML);
+    let kdl = generate(&KDL);
     let rows = [
         measure("yaml", &yaml, Syntax::Yaml),
         measure("kdl", &kdl, Syntax::Kdl),
