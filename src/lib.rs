@@ -5,5 +5,7 @@ pub mod cli;
 pub mod errors;
 pub mod host;
 pub mod jail;
+pub mod manifest;
+pub mod plan;
 pub mod pool;
 pub mod vmm;

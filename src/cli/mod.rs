@@ -3,7 +3,9 @@
 
 mod doctor;
 mod exec;
+pub mod graph;
 pub mod units;
+pub mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Run one command in a fresh microVM and exit with its exit code.
     Exec(exec::ExecArgs),
+    /// Check a job manifest; exit 0 if valid, 2 if not.
+    Validate(validate::Args),
+    /// Print a job's step graph.
+    Graph(graph::Args),
     /// Check that this host can run microVMs and say how to fix what is missing.
     Doctor(doctor::DoctorArgs),
     /// Internal: the VMM process of one microVM (started by sbxrun itself).
@@ -41,6 +47,8 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Exec(args) => exec::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Graph(args) => graph::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Vmm => run_vmm(),
     }

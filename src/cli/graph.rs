@@ -1,0 +1,51 @@
+//! `sbxrun graph JOB`: print the planned DAG as text, dot or Mermaid.
+
+use std::path::PathBuf;
+
+use crate::errors::EXIT_OK;
+use crate::plan::{Format, Selection};
+
+/// Arguments of `sbxrun graph`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job manifest (`.yaml`, `.yml` or `.kdl`).
+    pub job: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+    /// Only these steps (or instances, `test[case=a]`) and what they need.
+    #[arg(long = "only", value_name = "STEP")]
+    pub only: Vec<String>,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// Instances by depth.
+    Text,
+    /// Graphviz.
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: Args) -> i32 {
+    let selection = if args.only.is_empty() {
+        Selection::All
+    } else {
+        Selection::Only(args.only)
+    };
+    match super::validate::load_and_plan(&args.job, &selection) {
+        Ok((_, plan)) => {
+            let format = match args.format {
+                GraphFormat::Text => Format::Text,
+                GraphFormat::Dot => Format::Dot,
+                GraphFormat::Mermaid => Format::Mermaid,
+            };
+            print!("{}", plan.render(format));
+            EXIT_OK
+        }
+        Err(code) => code,
+    }
+}

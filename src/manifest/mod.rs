@@ -1,0 +1,146 @@
+//! Job manifests: YAML or KDL text → the typed [`Job`], with every problem
+//! reported as a diagnostic that points into the file.
+//!
+//! Pure: reads the manifest (and checks that host input paths exist), never
+//! runs anything. Imports nothing else of sbxrun.
+
+mod de;
+mod egress;
+mod error;
+mod interpolate;
+mod kdl;
+mod model;
+mod node;
+mod resolve;
+mod source;
+mod units;
+mod validate;
+mod yaml;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use de::Spanned;
+pub use egress::{Egress, EgressError, EgressRule, HostPattern};
+pub use error::{did_you_mean, render, ManifestError, Problem, ProblemData, Problems};
+pub use interpolate::{expressions, substitute, Expr};
+pub use model::{
+    Condition, Defaults, EnvName, Input, InputSource, Job, Limits, MatrixKey, Resources, RetryOn,
+    Step, StepId, User,
+};
+pub use node::Node;
+pub use resolve::{ImageRef, Settings};
+pub use source::{SourceFile, Span, Syntax};
+pub use units::{ByteSize, Duration, UnitError};
+pub use validate::{output_covers, MAX_MATRIX_INSTANCES};
+
+/// Reads, parses and validates a manifest file (`.yaml`, `.yml`, `.kdl`).
+/// Host input paths are resolved against the file's directory.
+pub fn load(path: &Path) -> Result<Job, ManifestError> {
+    let syntax = Syntax::from_path(path).ok_or_else(|| ManifestError::UnknownFormat {
+        path: path.to_owned(),
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => ".".into(),
+    };
+    let source = SourceFile::new(path.display().to_string(), text, dir, syntax);
+    load_source(source)
+}
+
+/// Parses and validates manifest text already in memory.
+pub fn load_source(source: SourceFile) -> Result<Job, ManifestError> {
+    let source = Arc::new(source);
+    let mut node = parse_tree(&source).map_err(|p| ManifestError::invalid(&source, p))?;
+    drop_extension_keys(&mut node);
+    if node.kind == node::Kind::Scalar(node::Scalar::Null) {
+        let p = Problem::new(
+            "manifest::empty",
+            "the manifest is empty",
+            node.span,
+            "nothing here",
+        )
+        .with_help("a job needs at least `name` and `steps`");
+        return Err(ManifestError::invalid(&source, vec![p]));
+    }
+    let mut job: Job = de::from_node(&node)
+        .map_err(|e| ManifestError::invalid(&source, vec![e.into_problem(source.syntax)]))?;
+    job.source = Arc::clone(&source);
+    normalize(&mut job);
+    let mut problems = validate::validate(&job);
+    problems.sort_by_key(|p| p.span.offset);
+    if problems.is_empty() {
+        Ok(job)
+    } else {
+        Err(ManifestError::invalid(&source, problems))
+    }
+}
+
+/// The syntax-neutral tree of a manifest, before typing (used to check
+/// manifests against the JSON Schema).
+pub fn parse_tree(source: &SourceFile) -> Result<Node, Vec<Problem>> {
+    match source.syntax {
+        Syntax::Yaml => yaml::parse(&source.text).map_err(|p| vec![p]),
+        Syntax::Kdl => kdl::parse(&source.text),
+    }
+}
+
+/// Makes equal what only the syntax made different: a YAML `|` block ends
+/// in a newline, a KDL `"""` string does not; the shell does not care.
+fn normalize(job: &mut Job) {
+    for step in job.steps.values_mut() {
+        if let Some(run) = &mut step.run {
+            let trimmed = run.value.trim_end_matches('\n').len();
+            run.value.truncate(trimmed);
+        }
+    }
+}
+
+/// Top-level keys starting with `x-` are ignored: a place to define YAML
+/// anchors that steps merge in with `<<`.
+fn drop_extension_keys(root: &mut Node) {
+    if let node::Kind::Map(entries) = &mut root.kind {
+        entries.retain(|(k, _)| !k.key_text().starts_with("x-"));
+    }
+}
+
+/// Checks, when a run starts, that every secret the job's steps name is
+/// set; `is_set` asks the runner's environment. All missing secrets are
+/// reported, each pointing at where it is named.
+pub fn check_secrets(job: &Job, is_set: impl Fn(&str) -> bool) -> Result<(), ManifestError> {
+    let mut problems = Vec::new();
+    for (id, step) in &job.steps {
+        for (i, s) in step.secrets.iter().enumerate() {
+            if !is_set(s.as_str()) {
+                problems.push(
+                    Problem::new(
+                        "manifest::secret_missing",
+                        format!("secret `{s}` is not set in the runner's environment"),
+                        s.span,
+                        format!("needed by step `{id}`"),
+                    )
+                    .with_field(format!("steps.{id}.secrets[{i}]"))
+                    .with_help(format!("export {s}=... before starting the run")),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ManifestError::invalid(&job.source, problems))
+    }
+}
+
+/// The JSON Schema of the job format, as checked in at
+/// `schemas/job.schema.json`.
+pub fn job_schema() -> serde_json::Value {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<Job>();
+    schema.to_value()
+}

@@ -1,0 +1,81 @@
+//! `sbxrun validate` and `sbxrun graph` as a user runs them.
+
+use std::process::{Command, Output};
+
+fn sbxrun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sbxrun"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running sbxrun: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_exits_zero_for_a_valid_job() {
+    let out = sbxrun(&["validate", "examples/pipeline.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "examples/pipeline.yaml: ok: job `word-count`, 4 steps, 4 instances\n"
+    );
+}
+
+#[test]
+fn validate_exits_two_with_a_located_diagnostic() {
+    let out = sbxrun(&[
+        "validate",
+        "fixtures/manifests/invalid/unknown-field-need.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("[fixtures/manifests/invalid/unknown-field-need.yaml:6:5]"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `needs`?"), "{err}");
+}
+
+#[test]
+fn validate_of_a_missing_file_exits_two() {
+    let out = sbxrun(&["validate", "no/such/job.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("failed to read manifest no/such/job.yaml"));
+}
+
+#[test]
+fn graph_prints_each_format() {
+    let out = sbxrun(&["graph", "examples/matrix.kdl"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with("job checksums: 8 instances, 3 levels\n"));
+    let dot = text(&sbxrun(&["graph", "examples/pipeline.yaml", "--format", "dot"]).stdout);
+    assert!(dot.contains("\"split\" -> \"count-lines\";"), "{dot}");
+    let mermaid = text(&sbxrun(&["graph", "examples/pipeline.yaml", "--format", "mermaid"]).stdout);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+}
+
+#[test]
+fn graph_only_keeps_the_step_and_its_dependencies() {
+    let out = sbxrun(&["graph", "examples/pipeline.yaml", "--only", "count-words"]);
+    assert_eq!(
+        text(&out.stdout),
+        "job word-count: 2 instances, 2 levels\nlevel 0:\n  split\nlevel 1:\n  count-words  <- split\n"
+    );
+    let bad = sbxrun(&["graph", "examples/pipeline.yaml", "--only", "reprot"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("did you mean `report`?"));
+}
+
+#[test]
+fn bad_usage_exits_two() {
+    assert_eq!(
+        sbxrun(&["graph", "x.yaml", "--format", "png"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
