@@ -127,7 +127,7 @@ fn file_crc32(path: &Path) -> Result<u32, SnapshotError> {
     let mut hasher = crc32fast::Hasher::new();
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
-    let mut feed_zeros = |hasher: &mut crc32fast::Hasher, mut n: u64| {
+    let feed_zeros = |hasher: &mut crc32fast::Hasher, mut n: u64| {
         while n > 0 {
             let step = n.min(zeros.len() as u64) as usize;
             hasher.update(&zeros[..step]);
