@@ -1,0 +1,171 @@
+//! MicroVM benchmarks on real KVM: cold boot, snapshot restore, exec
+//! round trips, guest→host stdout throughput, virtio-blk read throughput,
+//! and the memory cost of restored VMs. Prints tables; asserts nothing.
+//!
+//! Knobs (environment): SBXRUN_BENCH_BOOTS (cold boots, default 5),
+//! SBXRUN_BENCH_RESTORES (default 30), SBXRUN_BENCH_EXECS (sequential
+//! `true` runs, default 200), SBXRUN_BENCH_PSS_VMS (default 50),
+//! SBXRUN_BENCH_STREAM_MB (default 4).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use guest_init::proto::{Command, RunRequest, User};
+use sbxrun::assets::{self, Asset};
+use sbxrun::host::probe_kvm;
+use sbxrun::pool::launch::{boot_cold, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use sbxrun::pool::session::{self, fresh_seed, host_clock_ns};
+use sbxrun::pool::warm::{LeasedVm, Pool, PoolConfig};
+use sbxrun::pool::OutputStream;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn summary(label: &str, mut samples: Vec<Duration>) {
+    if samples.is_empty() {
+        return;
+    }
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| {label:<38} | {:>5} | {:>10.2} | {:>10.2} | {:>10.2} | {:>10.2} |",
+        samples.len(),
+        ms(pick(0.5)),
+        ms(pick(0.9)),
+        ms(samples[0]),
+        ms(samples[samples.len() - 1])
+    );
+}
+
+fn request(script: &str, user: User) -> RunRequest {
+    RunRequest {
+        command: Command::Shell(script.into()),
+        env: vec![],
+        cwd: "/work".into(),
+        user,
+        rlimits: Default::default(),
+        unix_time_ns: host_clock_ns(),
+        rng_seed: fresh_seed(),
+        timeout_ms: Some(600_000),
+        stdin: None,
+    }
+}
+
+fn run(lease: &mut LeasedVm, script: &str, user: User) -> (Duration, usize) {
+    let mut bytes = 0usize;
+    let outcome = session::run(&mut lease.vm, &request(script, user), Duration::from_secs(900), &mut |s, b| {
+        if s == OutputStream::Stdout {
+            bytes += b.len();
+        }
+    })
+    .unwrap_or_else(|e| panic!("run failed: {}", sbxrun::errors::chain(&e)));
+    (outcome.wall, bytes)
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let kvm = probe_kvm();
+    assert!(kvm.accessible, "benchmarks need /dev/kvm: {:?}", kvm.error);
+    let exe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/sbxrun");
+    assert!(exe.exists(), "build the VMM first: cargo build --release --bin sbxrun");
+    sbxrun::pool::vm::set_vmm_executable(exe);
+    let get = |a| assets::require(a, None).unwrap_or_else(|e| panic!("{e}"));
+    let shape = VmShape {
+        kernel: get(Asset::Kernel),
+        initramfs: get(Asset::Initramfs),
+        image: get(Asset::Image),
+        memory_mib: 256,
+        vcpus: 1,
+        flavour: kvm.flavour,
+        artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+    };
+    println!("host: {} ({} cores)", kvm.flavour.label(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!();
+    println!("| {:<38} | {:>5} | {:>10} | {:>10} | {:>10} | {:>10} |", "measure (ms)", "n", "median", "p90", "min", "max");
+    println!("|{:-<40}|{:-<7}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|", "", "", "", "", "", "");
+
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let mut boots = Vec::new();
+    let mut vmm_setup = Vec::new();
+    for i in 0..knob("SBXRUN_BENCH_BOOTS", 5) {
+        let disks = StepDisks::create_in(&scratch.path().join(format!("boot{i}")), shape.artifact_disk_bytes).unwrap();
+        let booted = boot_cold(&shape, &disks, "", None).unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+        boots.push(booted.boot_time);
+        vmm_setup.push(Duration::from_micros(booted.vm.setup_us));
+    }
+    summary("cold boot -> guest-init ready", boots);
+    summary("  of which VMM setup (spawn excluded)", vmm_setup);
+
+    let cache = sbxrun::assets::cache_dir();
+    let config = |warm| PoolConfig {
+        cache: cache.clone(),
+        scratch: scratch.path().join("pool"),
+        shape: shape.clone(),
+        warm,
+        console_dir: None,
+    };
+    let pool = Pool::open(config(0)).unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+    let mut restores = Vec::new();
+    let mut restore_setup = Vec::new();
+    for _ in 0..knob("SBXRUN_BENCH_RESTORES", 30) {
+        let lease = pool.acquire().expect("restore");
+        restores.push(lease.restore_time);
+        restore_setup.push(Duration::from_micros(lease.vm.setup_us));
+    }
+    summary("restore -> guest-init pong", restores);
+    summary("  of which VMM setup (spawn excluded)", restore_setup);
+
+    let mut lease = pool.acquire().expect("restore");
+    let mut trues = Vec::new();
+    for _ in 0..5 {
+        trues.push(run(&mut lease, "true", User::Unprivileged).0);
+    }
+    summary("`true` in an already restored VM", trues);
+    drop(lease);
+
+    let warm_pool = Pool::open(config(2)).expect("pool");
+    std::thread::sleep(Duration::from_secs(2));
+    let execs = knob("SBXRUN_BENCH_EXECS", 200);
+    let mut exec_true = Vec::new();
+    let started = Instant::now();
+    for _ in 0..execs {
+        let t = Instant::now();
+        let mut lease = warm_pool.acquire().expect("acquire");
+        run(&mut lease, "true", User::Unprivileged);
+        drop(lease);
+        exec_true.push(t.elapsed());
+    }
+    let elapsed = started.elapsed();
+    summary("exec `true` via warm pool (acquire+run)", exec_true);
+    println!();
+    println!("sequential exec `true`: {execs} in {:.1} s = {:.2} steps/s", elapsed.as_secs_f64(), execs as f64 / elapsed.as_secs_f64());
+    drop(warm_pool);
+
+    let mb = knob("SBXRUN_BENCH_STREAM_MB", 4);
+    let mut lease = pool.acquire().expect("restore");
+    let (wall, bytes) = run(&mut lease, &format!("head -c {} /dev/zero", mb << 20), User::Unprivileged);
+    println!("stdout guest->host: {bytes} bytes in {:.2} s = {:.3} MB/s", wall.as_secs_f64(), bytes as f64 / 1e6 / wall.as_secs_f64());
+    let (wall, _) = run(&mut lease, &format!("dd if=/dev/vdb of=/dev/null bs=1M count={mb} 2>/dev/null"), User::Root);
+    println!("virtio-blk sequential read: {mb} MiB in {:.2} s = {:.3} MB/s", wall.as_secs_f64(), (mb << 20) as f64 / 1e6 / wall.as_secs_f64());
+    drop(lease);
+
+    let one = pool.acquire().expect("restore");
+    std::thread::sleep(Duration::from_millis(300));
+    println!("PSS of one idle restored VMM: {} KiB", pss_kib(one.vm.pid()));
+    drop(one);
+    let n = knob("SBXRUN_BENCH_PSS_VMS", 50);
+    let many: Vec<LeasedVm> = (0..n).map(|_| pool.acquire().expect("restore")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let total: u64 = many.iter().map(|l| pss_kib(l.vm.pid())).sum();
+    println!("PSS of {n} idle restored VMMs: {} KiB total, {} KiB each", total, total / n.max(1) as u64);
+}
