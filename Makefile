@@ -21,4 +21,4 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: assets lint
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace
