@@ -82,8 +82,8 @@ fn serve(chan: &mut Channel, handles: &Handles) -> io::Result<()> {
             }
         }
         if chan.fill()? == 0 {
-            // The tty reported hang-up; a raw console normally never does.
-            // Back off instead of spinning on it.
+            // The host end of the port is not connected; ours never
+            // disconnects. Back off instead of spinning on it.
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }

@@ -1,5 +1,5 @@
 //! Safe wrappers over the few raw Linux interfaces guest-init needs that std
-//! does not offer (mounting, clock, RNG, termios, poll, wait4, reboot).
+//! does not offer (mounting, clock, RNG, poll, wait4, reboot).
 //!
 //! Every guest syscall is expensive on emulated hosts, so each wrapper is
 //! exactly one syscall unless its doc says otherwise.
@@ -81,33 +81,6 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 on plain integers; the caller owns `to` afterwards.
     check(unsafe { libc::dup2(from, to) }).map(drop)
-}
-
-/// Puts a tty in raw mode like `cfmakeraw`: no echo, no canonical mode, no
-/// signals, no output or input translation, 8-bit characters, reads return
-/// as soon as one byte is there. Two syscalls.
-pub fn make_raw(fd: RawFd) -> io::Result<()> {
-    // SAFETY: termios is plain data; all-zero is a valid starting value that
-    // tcgetattr overwrites.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: `t` is a valid termios to fill.
-    check(unsafe { libc::tcgetattr(fd, &mut t) })?;
-    t.c_iflag &= !(libc::IGNBRK
-        | libc::BRKINT
-        | libc::PARMRK
-        | libc::ISTRIP
-        | libc::INLCR
-        | libc::IGNCR
-        | libc::ICRNL
-        | libc::IXON);
-    t.c_oflag &= !libc::OPOST;
-    t.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::ISIG | libc::IEXTEN);
-    t.c_cflag &= !(libc::CSIZE | libc::PARENB);
-    t.c_cflag |= libc::CS8;
-    t.c_cc[libc::VMIN] = 1;
-    t.c_cc[libc::VTIME] = 0;
-    // SAFETY: `t` is a fully initialised termios.
-    check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) }).map(drop)
 }
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).

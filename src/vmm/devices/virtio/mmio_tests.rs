@@ -75,6 +75,7 @@ impl VirtioDevice for TestDevice {
     fn save_state(&self) -> DeviceState {
         DeviceState::Console(ConsoleState {
             pending: vec![self.activations as u8],
+            ..ConsoleState::default()
         })
     }
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError> {

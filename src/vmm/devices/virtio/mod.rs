@@ -35,7 +35,7 @@ use std::any::Any;
 use serde::{Deserialize, Serialize};
 
 pub use block::{Block, BlockError, BlockState};
-pub use console::{Console, ConsoleError, ConsoleState};
+pub use console::{Console, ConsoleError, ConsoleState, ControlState};
 pub use mmio::{MmioError, MmioTransport, MmioTransportState};
 pub use queue::{DescriptorChain, Queue, QueueContext, QueueError, QueueState};
 
