@@ -1,5 +1,6 @@
 //! sbxrun: declarative batch jobs where every step runs in its own KVM microVM.
 
+pub mod artifacts;
 pub mod assets;
 pub mod cli;
 pub mod errors;
