@@ -9,4 +9,6 @@ pub mod jail;
 pub mod manifest;
 pub mod plan;
 pub mod pool;
+pub mod report;
+pub mod runner;
 pub mod vmm;

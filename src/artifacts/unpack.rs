@@ -11,7 +11,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path};
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ArtifactError;
@@ -36,7 +36,7 @@ impl Default for OutputLimits {
 }
 
 /// One unpacked file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FileDigest {
     /// Path relative to the step's artifact directory (`/`-separated).
     pub path: String,
