@@ -71,6 +71,12 @@ fn pack(work: &Path, patterns: &[String], summary: &mut PackSummary) -> io::Resu
         .iter()
         .filter(|p| !p.ancestors().skip(1).any(|a| matched.contains(a)))
         .collect();
+    if roots.is_empty() {
+        // Nothing to hand back: the disk stays as the step left it (all
+        // zeros, an empty archive, unless the step wrote it itself; the
+        // host validates whatever is there).
+        return Ok(());
+    }
     let disk = fs::OpenOptions::new().write(true).open(OUTPUT_DISK)?;
     let counting = Counting {
         inner: BufWriter::with_capacity(IO_BUF, disk),

@@ -135,15 +135,28 @@ impl Scheduler {
         }
     }
 
-    fn take_ready(&mut self, progress: &Progress<'_>, ready: Ready) {
+    fn take_ready(&mut self, progress: &Progress<'_>, mut ready: Ready) {
         let now = Instant::now();
         for id in ready.skip {
-            let reason = self.skip_reason(progress, id);
+            let st_reason = self.skip_reason(progress, id);
+            let stopping = self.stopping.clone();
             let st = &mut self.steps[id.0];
-            st.report.verdict = Verdict::Skipped;
-            st.report.message = Some(reason);
+            // Once the run is stopping, what was never run is cancelled,
+            // not skipped: its condition was never really evaluated.
+            match stopping {
+                Some(why) => {
+                    st.report.verdict = Verdict::Cancelled;
+                    st.report.message = Some(format!("not run: {why}"));
+                }
+                None => {
+                    st.report.verdict = Verdict::Skipped;
+                    st.report.message = Some(st_reason);
+                }
+            }
             st.done = true;
         }
+        // Start in manifest order among what is ready.
+        ready.run.sort();
         for id in ready.run {
             self.steps[id.0].ready_at = Some(now);
             self.queue.push_back(id);
