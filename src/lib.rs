@@ -1,5 +1,6 @@
 //! sbxrun: declarative batch jobs where every step runs in its own KVM microVM.
 
+pub mod artifacts;
 pub mod assets;
 pub mod cli;
 pub mod errors;
@@ -8,4 +9,6 @@ pub mod jail;
 pub mod manifest;
 pub mod plan;
 pub mod pool;
+pub mod report;
+pub mod runner;
 pub mod vmm;

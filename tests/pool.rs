@@ -25,6 +25,7 @@ fn request(cmd: Command, user: User, stdin: Option<Vec<u8>>) -> RunRequest {
         rng_seed: fresh_seed(),
         timeout_ms: Some(60_000),
         stdin,
+        artifacts: Default::default(),
     }
 }
 

@@ -68,6 +68,7 @@ fn request(command: Command) -> RunRequest {
         rng_seed: seed(1),
         timeout_ms: None,
         stdin: None,
+        artifacts: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `Run`) until told to shut down. On a fatal error it reports on the serial
 //! console and the channel, then resets the VM.
 
+mod artifacts;
 mod channel;
 mod run;
 mod setup;

@@ -195,6 +195,44 @@ pub struct RunRequest {
     /// Bytes fed to stdin (hex in JSON); `None` means `/dev/null`.
     #[serde(default, with = "hex_opt")]
     pub stdin: Option<Vec<u8>>,
+    /// Artifacts moved over the input and output disks.
+    #[serde(default)]
+    pub artifacts: ArtifactsRequest,
+}
+
+/// Input disk path, as the guest sees it (read-only).
+pub const INPUT_DISK: &str = "/dev/vdb";
+/// Output disk path, as the guest sees it.
+pub const OUTPUT_DISK: &str = "/dev/vdc";
+
+/// What guest-init does with the artifact disks around a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsRequest {
+    /// Before running: unpack the tar stream at offset 0 of
+    /// [`INPUT_DISK`] into the working directory, owned by the step's user.
+    #[serde(default)]
+    pub unpack_inputs: bool,
+    /// After running: pack these paths or globs (relative to the working
+    /// directory; `*` and `?` never match `/`) as a tar stream at offset 0
+    /// of [`OUTPUT_DISK`]. Empty: the output disk is left untouched.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+/// How packing the outputs went (reported in [`Exited`]). Advisory only:
+/// the host validates the output disk itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackSummary {
+    /// Entries written.
+    pub entries: u64,
+    /// Bytes of the tar stream.
+    pub bytes: u64,
+    /// Time spent packing, microseconds.
+    pub pack_us: u64,
+    /// Packing failed (the reason went to stderr); the disk holds no
+    /// complete archive.
+    pub failed: bool,
 }
 
 fn default_cwd() -> String {
@@ -287,6 +325,9 @@ pub struct Exited {
     pub wall_us: u64,
     /// The guest-side timeout fired and killed the step.
     pub timed_out: bool,
+    /// Present when outputs were requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<PackSummary>,
 }
 
 /// Category of a guest-side failure.

@@ -164,6 +164,12 @@ pub fn handle_run(chan: &mut Channel, h: &Handles, req: RunRequest) -> io::Resul
         chan.send_error(ErrorCode::Internal, format!("reseed the RNG: {e}"))?;
         return Ok(Flow::Continue);
     }
+    if req.artifacts.unpack_inputs {
+        if let Err(e) = crate::artifacts::unpack_inputs(&work_dir(&req)) {
+            chan.send_error(ErrorCode::Internal, format!("unpack the inputs: {e}"))?;
+            return Ok(Flow::Continue);
+        }
+    }
     match start_and_pump(chan, h, &req) {
         Ok(flow) => Ok(flow),
         Err(RunError::Channel(e)) => Err(e),
@@ -221,11 +227,24 @@ fn start_and_pump(chan: &mut Channel, h: &Handles, req: &RunRequest) -> Result<F
     };
     let deadline = req.timeout_ms.map(|ms| start + Duration::from_millis(ms));
     let ended = pump.run(deadline)?;
+    let outputs = if req.artifacts.outputs.is_empty() {
+        None
+    } else {
+        let (summary, err) = crate::artifacts::pack_outputs(&work_dir(req), &req.artifacts.outputs);
+        if let Some(e) = err {
+            let msg = format!("sbxrun: cannot pack the outputs: {e}\n");
+            pump.chan
+                .send(&GuestMsg::Stderr(msg.into_bytes()))
+                .map_err(RunError::Channel)?;
+        }
+        Some(summary)
+    };
     let exited = Exited {
         status: exit_status(ended.reaped.status),
         rusage: rusage(&ended.reaped.rusage),
         wall_us: (ended.at - start).as_micros() as u64,
         timed_out: ended.timed_out,
+        outputs,
     };
     pump.chan
         .send(&GuestMsg::Exited(exited))
@@ -236,6 +255,11 @@ fn start_and_pump(chan: &mut Channel, h: &Handles, req: &RunRequest) -> Result<F
     } else {
         Flow::Continue
     })
+}
+
+/// The step's working directory as guest-init sees it.
+fn work_dir(req: &RunRequest) -> std::path::PathBuf {
+    std::path::Path::new(STEP_ROOT).join(req.cwd.trim_start_matches('/'))
 }
 
 fn exit_status(raw: libc::c_int) -> ExitStatus {

@@ -131,6 +131,7 @@ pub fn run(args: ExecArgs) -> i32 {
         rng_seed: session::fresh_seed(),
         timeout_ms: Some(args.timeout.as_millis() as u64),
         stdin: None,
+        artifacts: Default::default(),
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

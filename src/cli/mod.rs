@@ -4,6 +4,7 @@
 mod doctor;
 mod exec;
 pub mod graph;
+pub mod run;
 pub mod units;
 pub mod validate;
 
@@ -22,6 +23,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a job: every step in its own microVM, then JUnit and JSON
+    /// reports (`sbxrun JOB` is short for `sbxrun run JOB`).
+    Run(run::Args),
     /// Run one command in a fresh microVM and exit with its exit code.
     Exec(exec::ExecArgs),
     /// Check a job manifest; exit 0 if valid, 2 if not.
@@ -38,7 +42,7 @@ pub enum Command {
 /// Entry point used by `main`; returns the process exit code.
 pub fn main() -> i32 {
     init_tracing();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(with_run_shorthand(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -46,12 +50,32 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Vmm => run_vmm(),
     }
+}
+
+/// `sbxrun JOB [FLAGS]` means `sbxrun run JOB [FLAGS]`: a first argument
+/// that is no subcommand or flag but names a manifest gets `run` put before it.
+fn with_run_shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let is_subcommand = Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first))
+        || first == "help";
+    let manifest_like = [".yaml", ".yml", ".kdl"].iter().any(|e| first.ends_with(e))
+        || std::path::Path::new(first).is_file();
+    if !first.starts_with('-') && !is_subcommand && manifest_like {
+        args.insert(1, "run".into());
+    }
+    args
 }
 
 fn init_tracing() {

@@ -17,6 +17,10 @@ fn sample_request() -> RunRequest {
         rng_seed: [7; 32],
         timeout_ms: Some(5000),
         stdin: Some(vec![0, 1, 0xff]),
+        artifacts: ArtifactsRequest {
+            unpack_inputs: true,
+            outputs: vec!["out/*.txt".into()],
+        },
     }
 }
 
@@ -41,6 +45,12 @@ fn all_guest_msgs() -> Vec<GuestMsg> {
             },
             wall_us: 4,
             timed_out: true,
+            outputs: Some(PackSummary {
+                entries: 2,
+                bytes: 3072,
+                pack_us: 5,
+                failed: false,
+            }),
         }),
         GuestMsg::Error(ErrorReport {
             code: ErrorCode::CommandNotFound,

@@ -1,0 +1,123 @@
+//! `sbxrun run JOB` (or just `sbxrun JOB`): run a job and write its reports.
+
+use std::path::PathBuf;
+
+use crate::assets::{self, Asset};
+use crate::errors::{EXIT_INFRA, EXIT_USAGE};
+use crate::plan::Selection;
+use crate::pool::warm::clean_scratch;
+use crate::report::console::{Console, LogFormat, Verbosity};
+use crate::runner::{self, PoolBase, RunOptions};
+
+/// Arguments of `sbxrun run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job manifest (`.yaml`, `.yml` or `.kdl`).
+    pub job: PathBuf,
+    /// Run directory for reports, logs and artifacts
+    /// (default: `sbxrun-out/<job>-<timestamp>/`).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Most steps running at once (default: the job's `concurrency`, else
+    /// twice the CPUs, 2 to 16).
+    #[arg(long, short = 'j', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Run only these steps (ids or instance names) and what they need.
+    #[arg(long, value_name = "STEP")]
+    pub only: Vec<String>,
+    /// Show every output line, prefixed with its step.
+    #[arg(long, short = 'v', conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Show only failures and the summary.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Console output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Restored VMs kept ready per VM shape (default: the job's width,
+    /// capped by the concurrency).
+    #[arg(long)]
+    pub warm: Option<usize>,
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: Args) -> i32 {
+    let selection = if args.only.is_empty() {
+        Selection::All
+    } else {
+        Selection::Only(args.only.clone())
+    };
+    let (job, plan) = match super::validate::load_and_plan(&args.job, &selection) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Err(e) = crate::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some()) {
+        eprint!("{}", crate::manifest::render(&e, true));
+        return EXIT_USAGE;
+    }
+    let kvm = crate::host::probe_kvm();
+    if !kvm.accessible {
+        eprintln!(
+            "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
+            kvm.error.as_deref().unwrap_or("unknown error")
+        );
+        return EXIT_INFRA;
+    }
+    let (kernel, initramfs, image) = match (
+        assets::require(Asset::Kernel, None),
+        assets::require(Asset::Initramfs, None),
+        assets::require(Asset::Image, None),
+    ) {
+        (Ok(k), Ok(i), Ok(r)) => (k, i, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("sbxrun: {e}");
+            return EXIT_INFRA;
+        }
+    };
+    let concurrency = args
+        .concurrency
+        .map(|c| c as usize)
+        .or(job.concurrency.as_ref().map(|c| c.value as usize))
+        .unwrap_or_else(runner::default_concurrency);
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
+    let cache = assets::cache_dir();
+    let scratch = cache.join("run");
+    clean_scratch(&scratch);
+    let warm = args.warm.unwrap_or_else(|| plan.width().min(concurrency));
+    let verbosity = match (args.verbose, args.quiet) {
+        (true, _) => Verbosity::Verbose,
+        (_, true) => Verbosity::Quiet,
+        _ => Verbosity::Normal,
+    };
+    let console = Console::new(verbosity, args.log_format);
+    let opts = RunOptions {
+        manifest: args.job.display().to_string(),
+        run_dir: run_dir.clone(),
+        concurrency,
+        pools: PoolBase {
+            cache,
+            scratch,
+            kernel,
+            initramfs,
+            default_image: image,
+            flavour: kvm.flavour,
+            console_dir: run_dir.join("logs").join(".vm"),
+            warm,
+        },
+        console,
+    };
+    let console = Console::new(verbosity, args.log_format);
+    match runner::run(&job, plan, opts) {
+        Ok(summary) => {
+            console.summary(&summary.report, &run_dir.display().to_string());
+            summary.exit_code
+        }
+        Err(e) => {
+            eprintln!("sbxrun: {}", crate::errors::chain(&e));
+            EXIT_INFRA
+        }
+    }
+}

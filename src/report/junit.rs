@@ -1,0 +1,233 @@
+//! `junit.xml`: one testsuite per job, one testcase per step instance, plus
+//! the testcases of JUnit files the steps produced. Infrastructure faults
+//! are errors, every other failure a failure, skips carry their reason.
+
+use std::io::Write;
+use std::path::Path;
+
+use junit_report::{Report as JUnit, TestCase, TestSuite};
+use serde::Deserialize;
+
+use super::model::{Report, StepReport, Verdict};
+
+/// Errors of JUnit handling.
+#[derive(Debug, thiserror::Error)]
+pub enum JunitError {
+    #[error("cannot write JUnit XML")]
+    Write(#[from] junit_report::Error),
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not JUnit XML: {reason}")]
+    Parse { path: String, reason: String },
+}
+
+/// Removes characters XML 1.0 cannot carry (control characters other than
+/// tab and newlines, surrogates cannot occur in `str`, U+FFFE/U+FFFF).
+pub fn xml_safe(s: &str) -> String {
+    s.chars()
+        .filter(|&c| {
+            matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+        })
+        .collect()
+}
+
+fn seconds(ms: f64) -> time::Duration {
+    time::Duration::seconds_f64((ms / 1000.0).max(0.0))
+}
+
+fn step_case(job: &str, manifest: &str, s: &StepReport) -> TestCase {
+    let name = xml_safe(&s.name);
+    let time = seconds(s.timings.total_ms);
+    let message = xml_safe(s.message.as_deref().unwrap_or(""));
+    let mut case = match s.verdict {
+        Verdict::Passed => TestCase::success(&name, time),
+        Verdict::Skipped | Verdict::Cancelled => {
+            TestCase::skipped_with_cause(&name, s.verdict.label(), &message)
+        }
+        Verdict::Infra => TestCase::error(&name, time, "INFRA", &message),
+        v => TestCase::failure(&name, time, v.label(), &message),
+    };
+    case.set_classname(&xml_safe(job));
+    case.set_filepath(&xml_safe(manifest));
+    case
+}
+
+/// Tails of a step's output for `system-out`/`system-err`.
+#[derive(Debug, Clone, Default)]
+pub struct Tails {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Builds the JUnit document. `tails(name)` gives a step's output tails;
+/// `extra(name)` the testcases merged from its own JUnit file.
+pub fn build(
+    report: &Report,
+    tails: &dyn Fn(&str) -> Tails,
+    extra: &dyn Fn(&str) -> Vec<TestCase>,
+) -> JUnit {
+    let mut suite = TestSuite::new(&xml_safe(&report.job.name));
+    if let Ok(ts) = time::OffsetDateTime::parse(
+        &report.started_at,
+        &time::format_description::well_known::Rfc3339,
+    ) {
+        suite.set_timestamp(ts);
+    }
+    for s in &report.steps {
+        let mut case = step_case(&report.job.name, &report.job.manifest, s);
+        let t = tails(&s.name);
+        if !t.stdout.is_empty() {
+            case.set_system_out(&xml_safe(&t.stdout));
+        }
+        if !t.stderr.is_empty() {
+            case.set_system_err(&xml_safe(&t.stderr));
+        }
+        suite.add_testcase(case);
+        suite.add_testcases(extra(&s.name));
+    }
+    let mut junit = JUnit::new();
+    junit.add_testsuite(suite);
+    junit
+}
+
+/// Serialises the document.
+pub fn to_bytes(junit: &JUnit) -> Result<Vec<u8>, JunitError> {
+    let mut out = Vec::new();
+    junit.write_xml(&mut out)?;
+    let _ = out.flush();
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct XmlSuite {
+    #[serde(rename = "testsuite", default)]
+    suites: Vec<XmlSuite>,
+    #[serde(rename = "testcase", default)]
+    cases: Vec<XmlCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct XmlCase {
+    #[serde(rename = "@name", default)]
+    name: String,
+    #[serde(rename = "@classname", default)]
+    classname: Option<String>,
+    #[serde(rename = "@time", default)]
+    time: Option<String>,
+    #[serde(default)]
+    failure: Option<XmlProblem>,
+    #[serde(default)]
+    error: Option<XmlProblem>,
+    #[serde(default)]
+    skipped: Option<XmlProblem>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct XmlProblem {
+    #[serde(rename = "@message", default)]
+    message: Option<String>,
+    #[serde(rename = "@type", default)]
+    kind: Option<String>,
+}
+
+fn flatten(suite: XmlSuite, out: &mut Vec<XmlCase>) {
+    out.extend(suite.cases);
+    for s in suite.suites {
+        flatten(s, out);
+    }
+}
+
+/// The testcases of a step's own JUnit file, named `<step> / <case>` so
+/// they stay apart from the job's own testcases.
+pub fn merge_file(path: &Path, step: &str) -> Result<Vec<TestCase>, JunitError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| JunitError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    // A step's file is its own business: cap what we parse.
+    if text.len() > 16 << 20 {
+        return Err(JunitError::Parse {
+            path: shown,
+            reason: "larger than 16 MiB".into(),
+        });
+    }
+    let text = String::from_utf8_lossy(&text);
+    let root: XmlSuite = quick_xml::de::from_str(&text).map_err(|e| JunitError::Parse {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut cases = Vec::new();
+    flatten(root, &mut cases);
+    Ok(cases
+        .into_iter()
+        .map(|c| {
+            let name = xml_safe(&format!("{step} / {}", c.name));
+            let time = c
+                .time
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|t| t.is_finite())
+                .map(|t| seconds(t * 1000.0))
+                .unwrap_or(time::Duration::ZERO);
+            let msg = |p: &XmlProblem| xml_safe(p.message.as_deref().unwrap_or(""));
+            let kind = |p: &XmlProblem, d: &str| xml_safe(p.kind.as_deref().unwrap_or(d));
+            let mut case = if let Some(p) = &c.error {
+                TestCase::error(&name, time, &kind(p, "error"), &msg(p))
+            } else if let Some(p) = &c.failure {
+                TestCase::failure(&name, time, &kind(p, "failure"), &msg(p))
+            } else if let Some(p) = &c.skipped {
+                TestCase::skipped_with_cause(&name, &kind(p, "skipped"), &msg(p))
+            } else {
+                TestCase::success(&name, time)
+            };
+            if let Some(cn) = &c.classname {
+                case.set_classname(&xml_safe(cn));
+            }
+            case
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_safe_strips_control_characters_but_keeps_text() {
+        assert_eq!(xml_safe("a\u{1b}[31mb\u{0}\tc\n\u{FFFF}é"), "a[31mb\tc\né");
+    }
+
+    #[test]
+    fn merge_file_reads_nested_suites_and_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.xml");
+        std::fs::write(
+            &p,
+            r#"<?xml version="1.0"?>
+<testsuites><testsuite name="s">
+  <testcase name="ok" classname="m" time="0.5"/>
+  <testcase name="bad"><failure message="boom" type="assert">trace</failure></testcase>
+  <testsuite name="inner"><testcase name="skip"><skipped/></testcase></testsuite>
+</testsuite></testsuites>"#,
+        )
+        .unwrap();
+        let cases = merge_file(&p, "unit").unwrap();
+        assert_eq!(cases.len(), 3);
+        assert_eq!(cases[0].name(), "unit / ok");
+        assert!(cases[0].is_success());
+        assert!(cases[1].is_failure());
+        assert!(cases[2].is_skipped());
+    }
+
+    #[test]
+    fn merge_file_rejects_non_xml() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.xml");
+        std::fs::write(&p, "not <xml").unwrap();
+        assert!(matches!(merge_file(&p, "s"), Err(JunitError::Parse { .. })));
+    }
+}

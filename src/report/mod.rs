@@ -1,0 +1,18 @@
+//! Reports: step results → `report.json` (schema in
+//! `schemas/report.schema.json`), `junit.xml`, per-step logs with secrets
+//! masked, and the console view.
+
+pub mod console;
+pub mod junit;
+mod logs;
+mod mask;
+mod model;
+mod write;
+
+pub use logs::{StepLog, Stream, TAIL_LINES};
+pub use mask::{mask_str, Masker, MASK};
+pub use model::{
+    report_schema, Attempt, EgressEvent, FileDigest, HostInfo, JobInfo, LogPaths, Report,
+    RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,
+};
+pub use write::atomic_write;

@@ -1,0 +1,216 @@
+//! The JSON report: what `report.json` holds. The schema checked in at
+//! `schemas/report.schema.json` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use crate::artifacts::FileDigest;
+
+/// Version of the report format; bumped on incompatible change.
+pub const REPORT_VERSION: u32 = 1;
+
+/// How a step instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Exited 0 and its outputs were valid.
+    Passed,
+    /// Exited non-zero, or produced invalid outputs.
+    Failed,
+    /// Ran out of time (the VM was stopped).
+    Tle,
+    /// Killed by the guest's out-of-memory killer.
+    Mle,
+    /// Wrote more output than its limit allows.
+    Ole,
+    /// Killed by a signal.
+    Sig,
+    /// Infrastructure: the VM failed to start or died, snapshot or host
+    /// trouble.
+    Infra,
+    /// Not run: its `if:` condition did not hold (usually a dependency
+    /// failed).
+    Skipped,
+    /// Not run, or stopped, because the run was interrupted or failed fast.
+    Cancelled,
+}
+
+impl Verdict {
+    /// Whether the step counts as failed (before `allow_failure`).
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            Verdict::Passed | Verdict::Skipped | Verdict::Cancelled
+        )
+    }
+
+    /// The name used in reports and JUnit `type` attributes.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Tle => "TLE",
+            Verdict::Mle => "MLE",
+            Verdict::Ole => "OLE",
+            Verdict::Sig => "SIG",
+            Verdict::Infra => "INFRA",
+            Verdict::Skipped => "skipped",
+            Verdict::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How the whole run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running (a report written mid-run).
+    Running,
+    /// Every required step passed.
+    Passed,
+    /// A required step failed.
+    Failed,
+    /// Only infrastructure faults failed required steps.
+    Infra,
+    /// Stopped by a signal.
+    Interrupted,
+}
+
+/// Where each phase's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Timings {
+    /// From becoming ready to starting (waiting for a slot).
+    pub queued_ms: f64,
+    /// Getting a restored VM from the pool.
+    pub vm_acquire_ms: f64,
+    /// Packing the inputs onto the input disk.
+    pub inputs_ms: f64,
+    /// From sending the command to its exit report (guest-side unpack and
+    /// pack included).
+    pub run_ms: f64,
+    /// Validating and unpacking the output disk.
+    pub outputs_ms: f64,
+    /// All of the above.
+    pub total_ms: f64,
+}
+
+/// Resource usage the guest reported for the command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    pub user_us: u64,
+    pub system_us: u64,
+    pub max_rss_kib: u64,
+    /// Wall time in the guest, spawn to exit.
+    pub wall_us: u64,
+}
+
+/// One attempt at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Attempt {
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub timings: Timings,
+}
+
+/// A network egress event (denied connection attempts and the like).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EgressEvent {
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Paths of a step's logs, relative to the run directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogPaths {
+    /// stdout and stderr, interleaved, each line tagged `out|` or `err|`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The guest's serial console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
+}
+
+/// One step instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepReport {
+    /// Instance name: `build`, `test[case=a]`.
+    pub name: String,
+    /// The step id.
+    pub step: String,
+    /// Matrix values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matrix: BTreeMap<String, String>,
+    pub verdict: Verdict,
+    /// Exit code of the last attempt's command, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the step failed, was skipped or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A failure does not fail the job.
+    pub allow_failure: bool,
+    /// Every attempt, in order (empty when never started).
+    pub attempts: Vec<Attempt>,
+    /// Timings of the last attempt.
+    pub timings: Timings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Every output file with its size and SHA-256, paths relative to
+    /// `artifacts/<name>/`.
+    pub artifacts: Vec<FileDigest>,
+    /// Declared outputs that matched nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_outputs: Vec<String>,
+    /// Egress events (denied attempts).
+    pub egress: Vec<EgressEvent>,
+    pub logs: LogPaths,
+}
+
+/// The job that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobInfo {
+    pub name: String,
+    /// The manifest file as given.
+    pub manifest: String,
+}
+
+/// The host the run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostInfo {
+    /// `hardware` or `pvm`.
+    pub kvm_flavour: String,
+    pub cpus: u32,
+    pub sbxrun_version: String,
+}
+
+/// `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "sbxrun run report")]
+pub struct Report {
+    pub version: u32,
+    pub job: JobInfo,
+    pub status: RunStatus,
+    /// The exit code sbxrun returns for this run.
+    pub exit_code: i32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub duration_ms: f64,
+    pub host: HostInfo,
+    /// One entry per step instance, in manifest order.
+    pub steps: Vec<StepReport>,
+}
+
+/// The JSON Schema of the report, as checked in.
+pub fn report_schema() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<Report>()
+        .to_value()
+}
