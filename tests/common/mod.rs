@@ -42,6 +42,7 @@ pub fn default_shape() -> VmShape {
         vcpus: 1,
         flavour: probe_kvm().flavour,
         artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+        jail: true,
     }
 }
 
