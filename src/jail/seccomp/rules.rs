@@ -15,8 +15,12 @@ use super::ThreadKind;
 
 /// Syscalls both thread kinds make, unconditionally.
 const COMMON: &[(i64, &str)] = &[
-    (libc::SYS_read, "control frames, console input, eventfds"),
-    (libc::SYS_write, "control frames, console output and log, irqfds, the SIGSYS note"),
+    (libc::SYS_read, "eventfds"),
+    (libc::SYS_write, "console log, irqfds, the SIGSYS note"),
+    (libc::SYS_sendto, "frames to the runner, guest bytes out (UnixStream writes)"),
+    (libc::SYS_recvfrom, "runner requests, guest bytes in (UnixStream reads)"),
+    (libc::SYS_gettid, "glibc at thread start"),
+    (libc::SYS_sched_getaffinity, "glibc at thread start (stack bounds)"),
     (libc::SYS_close, "dropping cloned channel handles"),
     (libc::SYS_futex, "mutexes, channels, thread parking"),
     (libc::SYS_munmap, "allocator"),
@@ -44,7 +48,7 @@ const VMM_ONLY: &[(i64, &str)] = &[
     (libc::SYS_fstat, "File::metadata on open snapshot files"),
     (libc::SYS_statx, "File::metadata on open snapshot files"),
     (libc::SYS_getpid, "pthread_kill of the vCPU (glibc)"),
-    (libc::SYS_gettid, "pthread_kill of the vCPU (glibc)"),
+    (libc::SYS_fcntl, "cloning the control socket handle (F_DUPFD_CLOEXEC only)"),
     (libc::SYS_tgkill, "kicking the vCPU out of KVM_RUN"),
     (libc::SYS_set_robust_list, "glibc in a new thread"),
     (libc::SYS_rseq, "glibc in a new thread"),
@@ -119,8 +123,10 @@ pub fn allowed_syscalls(kind: ThreadKind) -> Vec<i64> {
     COMMON.iter().chain(only).map(|(nr, _)| *nr).collect()
 }
 
+/// A check on the low 32 bits of argument `arg`: every argument we check
+/// is a C `int` (or fits in one), whose upper register half is undefined.
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
 }
 
 fn one(c: SeccompCondition) -> Result<Vec<SeccompRule>, BackendError> {
@@ -135,11 +141,7 @@ pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
         let rules = match nr {
             libc::SYS_ioctl => kvm_ioctls(kind)
                 .iter()
-                .map(|(request, _)| {
-                    // The request is an unsigned int; compare the low 32 bits.
-                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *request)
-                        .and_then(|c| SeccompRule::new(vec![c]))
-                })
+                .map(|(request, _)| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *request)?]))
                 .collect::<Result<Vec<_>, _>>()?,
             // No executable mappings: an attacker cannot load new code.
             libc::SYS_mmap | libc::SYS_mprotect => one(cond(
@@ -154,6 +156,7 @@ pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
                 libc::CLONE_THREAD as u64,
             )?)?,
             libc::SYS_prctl => one(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?)?,
+            libc::SYS_fcntl => one(cond(1, SeccompCmpOp::Eq, libc::F_DUPFD_CLOEXEC as u64)?)?,
             _ => vec![],
         };
         map.insert(nr, rules);
