@@ -107,8 +107,11 @@ impl VmHandle {
         timeout: Duration,
     ) -> Result<Self, VmHandleError> {
         let mut config = config.clone();
-        let cgroup = if config.jail.enabled {
+        // A caller that names cgroups of its own keeps them.
+        let cgroup = if config.jail.enabled && config.jail.cgroup_procs.is_empty() {
             vm_cgroup(&config)
+        } else if config.jail.enabled {
+            None
         } else {
             warn_unjailed();
             None

@@ -55,6 +55,11 @@ const VMM_ONLY: &[(i64, &str)] = &[
     (libc::SYS_mmap, "allocator and thread stacks (never executable)"),
     (libc::SYS_mprotect, "thread stack guard pages (never executable)"),
     (libc::SYS_clone, "starting the control and console threads (threads only)"),
+    (
+        libc::SYS_clone3,
+        "glibc's first try at a thread; the filter stacked before this one answers ENOSYS \
+         (a trap here would outrank that answer)",
+    ),
     (libc::SYS_prctl, "naming the device threads (PR_SET_NAME only)"),
     (libc::SYS_ioctl, "KVM state for a snapshot (listed requests only)"),
 ];

@@ -62,7 +62,10 @@ impl SeccompViolation {
             Some(nr) => syscall_name(nr)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("#{nr}")),
-            None => "an unknown syscall".into(),
+            // The kernel bypasses a handler while SIGSYS is blocked (glibc
+            // blocks every signal around thread creation, for one): the
+            // process then dies of the bare signal and leaves no note.
+            None => "unidentified (made while signals were blocked)".into(),
         }
     }
 }
