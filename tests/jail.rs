@@ -57,7 +57,10 @@ fn every_escape_probe_is_killed_by_the_vmm_filter_and_named() {
                 assert_eq!(syscall, probe.first_syscall(), "probe {}", probe.name());
                 assert_eq!(thread, "vmm", "probe {}", probe.name());
             }
-            other => panic!("probe {} was not stopped by seccomp: {other:?}", probe.name()),
+            other => panic!(
+                "probe {} was not stopped by seccomp: {other:?}",
+                probe.name()
+            ),
         }
     }
 }
@@ -106,7 +109,10 @@ fn a_jail_setup_failure_names_the_step_and_the_cause() {
     match selftest_with(&config, &["open-host-file"]) {
         VmExit::JailFailed { step, reason } => {
             assert_eq!(step, "join the VM's cgroup");
-            assert!(reason.contains("/nonexistent/sbxrun/cgroup.procs"), "{reason}");
+            assert!(
+                reason.contains("/nonexistent/sbxrun/cgroup.procs"),
+                "{reason}"
+            );
             assert!(reason.contains("No such file"), "{reason}");
         }
         other => panic!("expected a jail failure, got {other:?}"),
@@ -140,29 +146,45 @@ fn a_restored_vmm_runs_unprivileged_in_its_own_namespaces_and_cgroup() {
     assert!(lease.vm.jailed());
     let relay = lease.vm.pid();
     let children = std::fs::read_to_string(format!("/proc/{relay}/task/{relay}/children")).unwrap();
-    let vmm = children.split_whitespace().next().expect("the relay has no VMM child").to_string();
+    let vmm = children
+        .split_whitespace()
+        .next()
+        .expect("the relay has no VMM child")
+        .to_string();
 
     for ns in ["mnt", "pid", "net", "ipc", "uts"] {
         let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "the VMM shares our {ns} namespace");
     }
-    assert_eq!(status_field(&vmm, "NSpid").split_whitespace().last(), Some("1"));
+    assert_eq!(
+        status_field(&vmm, "NSpid").split_whitespace().last(),
+        Some("1")
+    );
     assert!(status_field(&vmm, "Uid").starts_with("65534"));
     assert_eq!(status_field(&vmm, "NoNewPrivs"), "1");
     for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
         assert_eq!(status_field(&vmm, caps), "0000000000000000", "{caps}");
     }
     // Every thread (main, vCPU, console input, control) is filtered.
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap().flatten().collect();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert!(tasks.len() >= 4, "expected at least 4 VMM threads");
     for task in tasks {
         let tid = task.file_name().to_string_lossy().to_string();
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
-        assert!(status.contains("Seccomp:\t2"), "thread {tid} is not filtered");
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "thread {tid} is not filtered"
+        );
     }
     let dirs = lease.vm.cgroup_dirs().to_vec();
-    assert!(!dirs.is_empty(), "this host has cgroups, the VM should be in one");
+    assert!(
+        !dirs.is_empty(),
+        "this host has cgroups, the VM should be in one"
+    );
     let cgroups = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy();
@@ -180,7 +202,11 @@ fn exec_echo_runs_in_a_jailed_vm() {
     let out = exec(&["--timings"], &["echo", "hi"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
-    assert!(text(&out.stderr).contains(", jailed, jail setup"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(", jailed, jail setup"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -158,7 +158,10 @@ pub fn run(args: ExecArgs) -> i32 {
         } else {
             "NOT jailed".to_string()
         };
-        eprintln!("sbxrun: VM ready after {vm_ready:?} ({}, {jail})", vm.describe());
+        eprintln!(
+            "sbxrun: VM ready after {vm_ready:?} ({}, {jail})",
+            vm.describe()
+        );
     }
     let code = match result {
         Ok(outcome) => {

@@ -90,7 +90,11 @@ fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
             None => crate::vmm::runtime::run(control, guest),
             Some(args) => {
                 drop(guest);
-                let kind = if args.vcpu { ThreadKind::Vcpu } else { ThreadKind::Vmm };
+                let kind = if args.vcpu {
+                    ThreadKind::Vcpu
+                } else {
+                    ThreadKind::Vmm
+                };
                 crate::vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
             }
         },

@@ -68,7 +68,8 @@ impl VmCgroup {
             return Ok(cgroup);
         }
         for controller in CONTROLLERS {
-            let root = v1_mount(&mounts, controller).ok_or(CgroupError::NoController(controller))?;
+            let root =
+                v1_mount(&mounts, controller).ok_or(CgroupError::NoController(controller))?;
             let parent = root.join(own_path(&own, controller).unwrap_or_default());
             let dir = parent.join(&name);
             make_dir(&dir)?;
@@ -161,7 +162,11 @@ fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
         .map(|(mp, _, _)| PathBuf::from(mp))
         .find(|mp| {
             fs::read_to_string(mp.join("cgroup.controllers"))
-                .map(|c| CONTROLLERS.iter().all(|want| c.split_whitespace().any(|have| have == *want)))
+                .map(|c| {
+                    CONTROLLERS
+                        .iter()
+                        .all(|want| c.split_whitespace().any(|have| have == *want))
+                })
                 .unwrap_or(false)
         })
 }

@@ -91,7 +91,8 @@ pub fn enter(config: &JailConfig) -> Result<Entered, JailError> {
         return Err(os_error(JailStep::Fork, "create the death-note pipe"));
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
     // SAFETY: the caller guarantees this process is single-threaded, so the
     // child's copy of every lock and allocator is consistent.
     match unsafe { libc::fork() } {
@@ -100,7 +101,8 @@ pub fn enter(config: &JailConfig) -> Result<Entered, JailError> {
             drop(read_end);
             // The relay is outside our PID namespace; if the runner kills
             // it, the VMM must not outlive it.
-            privileges::die_with_parent().map_err(|e| JailError::new(JailStep::Fork, "PR_SET_PDEATHSIG", e))?;
+            privileges::die_with_parent()
+                .map_err(|e| JailError::new(JailStep::Fork, "PR_SET_PDEATHSIG", e))?;
             Ok(Entered::Jailed(Jail {
                 started,
                 user_namespace,

@@ -37,7 +37,10 @@ pub fn set_rlimits() -> Result<(), JailError> {
         };
         // SAFETY: `value` is a valid rlimit that setrlimit only reads.
         if unsafe { libc::setrlimit(resource, &value) } != 0 {
-            return Err(os_error(JailStep::Rlimits, format!("set {name} to {limit}")));
+            return Err(os_error(
+                JailStep::Rlimits,
+                format!("set {name} to {limit}"),
+            ));
         }
     }
     Ok(())
@@ -55,10 +58,20 @@ pub fn drop_all(user_namespace: bool) -> Result<(), JailError> {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
                 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
             {
-                return Err(os_error(JailStep::Capabilities, format!("drop capability {cap} from the bounding set")));
+                return Err(os_error(
+                    JailStep::Capabilities,
+                    format!("drop capability {cap} from the bounding set"),
+                ));
             }
         }
-        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return Err(os_error(JailStep::Capabilities, "clear the ambient set"));
         }
         if !user_namespace {
@@ -66,10 +79,16 @@ pub fn drop_all(user_namespace: bool) -> Result<(), JailError> {
                 return Err(os_error(JailStep::Credentials, "drop supplementary groups"));
             }
             if libc::setresgid(JAIL_ID, JAIL_ID, JAIL_ID) != 0 {
-                return Err(os_error(JailStep::Credentials, format!("setresgid({JAIL_ID})")));
+                return Err(os_error(
+                    JailStep::Credentials,
+                    format!("setresgid({JAIL_ID})"),
+                ));
             }
             if libc::setresuid(JAIL_ID, JAIL_ID, JAIL_ID) != 0 {
-                return Err(os_error(JailStep::Credentials, format!("setresuid({JAIL_ID})")));
+                return Err(os_error(
+                    JailStep::Credentials,
+                    format!("setresuid({JAIL_ID})"),
+                ));
             }
         }
         let mut header = CapHeader {
@@ -78,7 +97,10 @@ pub fn drop_all(user_namespace: bool) -> Result<(), JailError> {
         };
         let data = [CapData::default(); 2];
         if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
-            return Err(os_error(JailStep::Capabilities, "clear the effective, permitted and inheritable sets"));
+            return Err(os_error(
+                JailStep::Capabilities,
+                "clear the effective, permitted and inheritable sets",
+            ));
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(os_error(JailStep::NoNewPrivileges, "PR_SET_NO_NEW_PRIVS"));

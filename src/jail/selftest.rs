@@ -97,7 +97,9 @@ impl Probe {
                 let result = check(r).map(|_| "connected to 192.0.2.1:80".into());
                 // SAFETY: `fd` is the socket opened above.
                 unsafe { libc::close(fd) };
-                result.map_err(|e| io::Error::new(e.kind(), format!("socket created, but connect failed: {e}")))
+                result.map_err(|e| {
+                    io::Error::new(e.kind(), format!("socket created, but connect failed: {e}"))
+                })
             }
             Probe::Ptrace => {
                 // PID 1 of our namespace is this process; the relay and every

@@ -57,6 +57,25 @@ impl StepDisks {
 }
 
 impl VmShape {
+    /// A jailed shape of the default guest assets (`make assets`) on this
+    /// host's KVM: what tests and benchmarks run.
+    pub fn from_default_assets(
+        memory_mib: u32,
+        vcpus: u8,
+    ) -> Result<Self, crate::assets::MissingAsset> {
+        use crate::assets::{require, Asset};
+        Ok(VmShape {
+            kernel: require(Asset::Kernel, None)?,
+            initramfs: require(Asset::Initramfs, None)?,
+            image: require(Asset::Image, None)?,
+            memory_mib,
+            vcpus,
+            flavour: crate::host::probe_kvm().flavour,
+            artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+            jail: true,
+        })
+    }
+
     /// How long a cold boot may take before it counts as hung. Guest kernel
     /// code is emulated on kvm-pvm hosts, which makes booting ~100x slower.
     pub fn boot_timeout(&self) -> Duration {

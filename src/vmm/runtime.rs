@@ -26,7 +26,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::api::{read_frame, write_frame, SnapshotFiles, VmConfig, VmExit, VmmEvent, VmmRequest};
-use crate::jail::{self, ChildEnd, Entered, JailError, ThreadFilter};
 use super::boot::{self, cmdline};
 use super::devices::attach::{VirtioSet, VirtioSetState};
 use super::devices::bus::MmioBus;
@@ -37,6 +36,7 @@ use super::vstate::memory::{create_guest_memory, dump_sparse, map_snapshot};
 use super::vstate::persist::{self, VcpuState, VmState};
 use super::vstate::vcpu::{ExitHandler, Vcpu};
 use super::vstate::vm::Vm;
+use crate::jail::{self, ChildEnd, Entered, JailError, ThreadFilter};
 
 /// Why the VM could not be built, restored or snapshotted.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +246,14 @@ pub fn run_jail_selftest(
             if !seccomp {
                 filters = PendingFilters::default();
             }
-            write_frame(&mut ctl, &VmmEvent::Started { setup_us: 0, jailed: true, jail_us: filters.jail_us })?;
+            write_frame(
+                &mut ctl,
+                &VmmEvent::Started {
+                    setup_us: 0,
+                    jailed: true,
+                    jail_us: filters.jail_us,
+                },
+            )?;
             let attempt = move || {
                 let filter = match kind {
                     jail::ThreadKind::Vmm => filters.vmm,
@@ -257,9 +264,9 @@ pub fn run_jail_selftest(
             };
             let outcome = match kind {
                 jail::ThreadKind::Vmm => attempt()?,
-                jail::ThreadKind::Vcpu => std::thread::spawn(attempt)
-                    .join()
-                    .map_err(|_| RuntimeError::Thread(std::io::Error::other("probe thread panicked")))??,
+                jail::ThreadKind::Vcpu => std::thread::spawn(attempt).join().map_err(|_| {
+                    RuntimeError::Thread(std::io::Error::other("probe thread panicked"))
+                })??,
             };
             let message = match outcome {
                 Ok(what) => format!("selftest {}: got through: {what}", probe.name()),

@@ -17,26 +17,50 @@ use super::ThreadKind;
 const COMMON: &[(i64, &str)] = &[
     (libc::SYS_read, "eventfds"),
     (libc::SYS_write, "console log, irqfds, the SIGSYS note"),
-    (libc::SYS_sendto, "frames to the runner, guest bytes out (UnixStream writes)"),
-    (libc::SYS_recvfrom, "runner requests, guest bytes in (UnixStream reads)"),
+    (
+        libc::SYS_sendto,
+        "frames to the runner, guest bytes out (UnixStream writes)",
+    ),
+    (
+        libc::SYS_recvfrom,
+        "runner requests, guest bytes in (UnixStream reads)",
+    ),
     (libc::SYS_gettid, "glibc at thread start"),
-    (libc::SYS_sched_getaffinity, "glibc at thread start (stack bounds)"),
+    (
+        libc::SYS_sched_getaffinity,
+        "glibc at thread start (stack bounds)",
+    ),
     (libc::SYS_close, "dropping cloned channel handles"),
     (libc::SYS_futex, "mutexes, channels, thread parking"),
     (libc::SYS_munmap, "allocator"),
     (libc::SYS_madvise, "allocator returning memory"),
     (libc::SYS_brk, "allocator"),
     (libc::SYS_mremap, "allocator growing large buffers"),
-    (libc::SYS_rt_sigprocmask, "glibc around thread start and exit"),
-    (libc::SYS_rt_sigreturn, "returning from the vCPU kick handler"),
-    (libc::SYS_sigaltstack, "Rust's stack-overflow guard at thread start/exit"),
+    (
+        libc::SYS_rt_sigprocmask,
+        "glibc around thread start and exit",
+    ),
+    (
+        libc::SYS_rt_sigreturn,
+        "returning from the vCPU kick handler",
+    ),
+    (
+        libc::SYS_sigaltstack,
+        "Rust's stack-overflow guard at thread start/exit",
+    ),
     (libc::SYS_sched_yield, "spin-then-park in locks"),
-    (libc::SYS_clock_gettime, "Instant::now when the vDSO falls back"),
+    (
+        libc::SYS_clock_gettime,
+        "Instant::now when the vDSO falls back",
+    ),
     (libc::SYS_clock_nanosleep, "console input back-off sleep"),
     (libc::SYS_nanosleep, "console input back-off sleep"),
     (libc::SYS_getrandom, "HashMap seeds on a thread's first map"),
     (libc::SYS_exit, "thread exit"),
-    (libc::SYS_exit_group, "process exit, and the SIGSYS reporter"),
+    (
+        libc::SYS_exit_group,
+        "process exit, and the SIGSYS reporter",
+    ),
 ];
 
 /// Only the VMM kind (main, control reader, console input).
@@ -44,24 +68,45 @@ const VMM_ONLY: &[(i64, &str)] = &[
     (libc::SYS_fsync, "snapshot files reaching the disk"),
     (libc::SYS_ftruncate, "sizing the snapshot memory file"),
     (libc::SYS_pwrite64, "writing snapshot memory pages"),
-    (libc::SYS_lseek, "rewinding the pre-opened snapshot state file"),
+    (
+        libc::SYS_lseek,
+        "rewinding the pre-opened snapshot state file",
+    ),
     (libc::SYS_fstat, "File::metadata on open snapshot files"),
     (libc::SYS_statx, "File::metadata on open snapshot files"),
     (libc::SYS_getpid, "pthread_kill of the vCPU (glibc)"),
-    (libc::SYS_fcntl, "cloning the control socket handle (F_DUPFD_CLOEXEC only)"),
+    (
+        libc::SYS_fcntl,
+        "cloning the control socket handle (F_DUPFD_CLOEXEC only)",
+    ),
     (libc::SYS_tgkill, "kicking the vCPU out of KVM_RUN"),
     (libc::SYS_set_robust_list, "glibc in a new thread"),
     (libc::SYS_rseq, "glibc in a new thread"),
-    (libc::SYS_mmap, "allocator and thread stacks (never executable)"),
-    (libc::SYS_mprotect, "thread stack guard pages (never executable)"),
-    (libc::SYS_clone, "starting the control and console threads (threads only)"),
+    (
+        libc::SYS_mmap,
+        "allocator and thread stacks (never executable)",
+    ),
+    (
+        libc::SYS_mprotect,
+        "thread stack guard pages (never executable)",
+    ),
+    (
+        libc::SYS_clone,
+        "starting the control and console threads (threads only)",
+    ),
     (
         libc::SYS_clone3,
         "glibc's first try at a thread; the filter stacked before this one answers ENOSYS \
          (a trap here would outrank that answer)",
     ),
-    (libc::SYS_prctl, "naming the device threads (PR_SET_NAME only)"),
-    (libc::SYS_ioctl, "KVM state for a snapshot (listed requests only)"),
+    (
+        libc::SYS_prctl,
+        "naming the device threads (PR_SET_NAME only)",
+    ),
+    (
+        libc::SYS_ioctl,
+        "KVM state for a snapshot (listed requests only)",
+    ),
 ];
 
 /// Only vCPU threads.
@@ -74,7 +119,10 @@ const VCPU_ONLY: &[(i64, &str)] = &[
     (libc::SYS_fdatasync, "virtio-blk flush"),
     (libc::SYS_mmap, "allocator (never executable)"),
     (libc::SYS_mprotect, "allocator (never executable)"),
-    (libc::SYS_ioctl, "KVM_RUN and vCPU state (listed requests only)"),
+    (
+        libc::SYS_ioctl,
+        "KVM_RUN and vCPU state (listed requests only)",
+    ),
 ];
 
 const KVMIO: u64 = 0xae;
@@ -96,22 +144,40 @@ const fn iowr<T>(nr: u64) -> u64 {
 /// state (restore) happens before the jail closes, so only reads remain.
 pub fn kvm_ioctls(kind: ThreadKind) -> &'static [(u64, &'static str)] {
     const VMM: &[(u64, &str)] = &[
-        (iowr::<kvm_irqchip>(0x62), "KVM_GET_IRQCHIP: PIC and IOAPIC state for a snapshot"),
-        (ior::<kvm_pit_state2>(0x9f), "KVM_GET_PIT2: PIT state for a snapshot"),
-        (ior::<kvm_clock_data>(0x7c), "KVM_GET_CLOCK: kvmclock for a snapshot"),
+        (
+            iowr::<kvm_irqchip>(0x62),
+            "KVM_GET_IRQCHIP: PIC and IOAPIC state for a snapshot",
+        ),
+        (
+            ior::<kvm_pit_state2>(0x9f),
+            "KVM_GET_PIT2: PIT state for a snapshot",
+        ),
+        (
+            ior::<kvm_clock_data>(0x7c),
+            "KVM_GET_CLOCK: kvmclock for a snapshot",
+        ),
     ];
     const VCPU: &[(u64, &str)] = &[
         (io(0x80), "KVM_RUN: running the guest"),
-        (ior::<kvm_regs>(0x81), "KVM_GET_REGS: rip of a failed exit; snapshot"),
+        (
+            ior::<kvm_regs>(0x81),
+            "KVM_GET_REGS: rip of a failed exit; snapshot",
+        ),
         (ior::<kvm_sregs>(0x83), "KVM_GET_SREGS: snapshot"),
         (ior::<kvm_xsave>(0xa4), "KVM_GET_XSAVE: snapshot"),
         (ior::<kvm_xcrs>(0xa6), "KVM_GET_XCRS: snapshot"),
         (ior::<kvm_debugregs>(0xa1), "KVM_GET_DEBUGREGS: snapshot"),
         (ior::<kvm_lapic_state>(0x8e), "KVM_GET_LAPIC: snapshot"),
         (ior::<kvm_mp_state>(0x98), "KVM_GET_MP_STATE: snapshot"),
-        (ior::<kvm_vcpu_events>(0x9f), "KVM_GET_VCPU_EVENTS: snapshot"),
+        (
+            ior::<kvm_vcpu_events>(0x9f),
+            "KVM_GET_VCPU_EVENTS: snapshot",
+        ),
         (iowr::<kvm_msrs>(0x88), "KVM_GET_MSRS: snapshot"),
-        (iowr::<kvm_msr_list>(0x02), "KVM_GET_MSR_INDEX_LIST: which MSRs to snapshot"),
+        (
+            iowr::<kvm_msr_list>(0x02),
+            "KVM_GET_MSR_INDEX_LIST: which MSRs to snapshot",
+        ),
     ];
     match kind {
         ThreadKind::Vmm => VMM,
@@ -149,11 +215,9 @@ pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
                 .map(|(request, _)| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *request)?]))
                 .collect::<Result<Vec<_>, _>>()?,
             // No executable mappings: an attacker cannot load new code.
-            libc::SYS_mmap | libc::SYS_mprotect => one(cond(
-                2,
-                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-                0,
-            )?)?,
+            libc::SYS_mmap | libc::SYS_mprotect => {
+                one(cond(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?)?
+            }
             // Threads only, never a new process.
             libc::SYS_clone => one(cond(
                 0,
@@ -195,7 +259,10 @@ mod tests {
             libc::SYS_ptrace,
             libc::SYS_rt_sigaction,
         ] {
-            assert!(!allowed.contains(&forbidden), "vcpu allows syscall {forbidden}");
+            assert!(
+                !allowed.contains(&forbidden),
+                "vcpu allows syscall {forbidden}"
+            );
         }
     }
 
@@ -211,7 +278,10 @@ mod tests {
             libc::SYS_rt_sigaction,
             libc::SYS_seccomp,
         ] {
-            assert!(!allowed.contains(&forbidden), "vmm allows syscall {forbidden}");
+            assert!(
+                !allowed.contains(&forbidden),
+                "vmm allows syscall {forbidden}"
+            );
         }
     }
 
