@@ -44,7 +44,9 @@ impl ThreadKind {
 
     fn from_code(code: u32) -> Option<Self> {
         match code {
-            1 => Some(ThreadKind::Vmm),
+            // Device threads started under the VMM filter inherit it
+            // without marking themselves.
+            0 | 1 => Some(ThreadKind::Vmm),
             2 => Some(ThreadKind::Vcpu),
             _ => None,
         }

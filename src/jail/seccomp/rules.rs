@@ -61,6 +61,11 @@ const COMMON: &[(i64, &str)] = &[
         libc::SYS_exit_group,
         "process exit, and the SIGSYS reporter",
     ),
+    (
+        libc::SYS_fcntl,
+        "F_GETFD: std's debug check when a descriptor is dropped; \
+         F_DUPFD_CLOEXEC (VMM threads): cloning the control socket handle",
+    ),
 ];
 
 /// Only the VMM kind (main, control reader, console input).
@@ -75,10 +80,6 @@ const VMM_ONLY: &[(i64, &str)] = &[
     (libc::SYS_fstat, "File::metadata on open snapshot files"),
     (libc::SYS_statx, "File::metadata on open snapshot files"),
     (libc::SYS_getpid, "pthread_kill of the vCPU (glibc)"),
-    (
-        libc::SYS_fcntl,
-        "cloning the control socket handle (F_DUPFD_CLOEXEC only)",
-    ),
     (libc::SYS_tgkill, "kicking the vCPU out of KVM_RUN"),
     (libc::SYS_set_robust_list, "glibc in a new thread"),
     (libc::SYS_rseq, "glibc in a new thread"),
@@ -225,7 +226,21 @@ pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
                 libc::CLONE_THREAD as u64,
             )?)?,
             libc::SYS_prctl => one(cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?)?,
-            libc::SYS_fcntl => one(cond(1, SeccompCmpOp::Eq, libc::F_DUPFD_CLOEXEC as u64)?)?,
+            libc::SYS_fcntl => {
+                let mut commands = vec![SeccompRule::new(vec![cond(
+                    1,
+                    SeccompCmpOp::Eq,
+                    libc::F_GETFD as u64,
+                )?])?];
+                if kind == ThreadKind::Vmm {
+                    commands.push(SeccompRule::new(vec![cond(
+                        1,
+                        SeccompCmpOp::Eq,
+                        libc::F_DUPFD_CLOEXEC as u64,
+                    )?])?);
+                }
+                commands
+            }
             _ => vec![],
         };
         map.insert(nr, rules);
