@@ -19,7 +19,10 @@ use sbxrun::pool::warm::{LeasedVm, Pool, PoolConfig};
 use sbxrun::pool::OutputStream;
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn summary(label: &str, mut samples: Vec<Duration>) {
@@ -50,16 +53,22 @@ fn request(script: &str, user: User) -> RunRequest {
         rng_seed: fresh_seed(),
         timeout_ms: Some(600_000),
         stdin: None,
+        artifacts: Default::default(),
     }
 }
 
 fn run(lease: &mut LeasedVm, script: &str, user: User) -> (Duration, usize) {
     let mut bytes = 0usize;
-    let outcome = session::run(&mut lease.vm, &request(script, user), Duration::from_secs(900), &mut |s, b| {
-        if s == OutputStream::Stdout {
-            bytes += b.len();
-        }
-    })
+    let outcome = session::run(
+        &mut lease.vm,
+        &request(script, user),
+        Duration::from_secs(900),
+        &mut |s, b| {
+            if s == OutputStream::Stdout {
+                bytes += b.len();
+            }
+        },
+    )
     .unwrap_or_else(|e| panic!("run failed: {}", sbxrun::errors::chain(&e)));
     (outcome.wall, bytes)
 }
@@ -77,7 +86,10 @@ fn main() {
     let kvm = probe_kvm();
     assert!(kvm.accessible, "benchmarks need /dev/kvm: {:?}", kvm.error);
     let exe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/sbxrun");
-    assert!(exe.exists(), "build the VMM first: cargo build --release --bin sbxrun");
+    assert!(
+        exe.exists(),
+        "build the VMM first: cargo build --release --bin sbxrun"
+    );
     sbxrun::pool::vm::set_vmm_executable(exe);
     let get = |a| assets::require(a, None).unwrap_or_else(|e| panic!("{e}"));
     let shape = VmShape {
@@ -88,18 +100,36 @@ fn main() {
         vcpus: 1,
         flavour: kvm.flavour,
         artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+        jail: true,
     };
-    println!("host: {} ({} cores)", kvm.flavour.label(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "host: {} ({} cores)",
+        kvm.flavour.label(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
-    println!("| {:<38} | {:>5} | {:>10} | {:>10} | {:>10} | {:>10} |", "measure (ms)", "n", "median", "p90", "min", "max");
-    println!("|{:-<40}|{:-<7}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|", "", "", "", "", "", "");
+    println!(
+        "| {:<38} | {:>5} | {:>10} | {:>10} | {:>10} | {:>10} |",
+        "measure (ms)", "n", "median", "p90", "min", "max"
+    );
+    println!(
+        "|{:-<40}|{:-<7}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|",
+        "", "", "", "", "", ""
+    );
 
     let scratch = tempfile::tempdir().expect("scratch dir");
     let mut boots = Vec::new();
     let mut vmm_setup = Vec::new();
     for i in 0..knob("SBXRUN_BENCH_BOOTS", 5) {
-        let disks = StepDisks::create_in(&scratch.path().join(format!("boot{i}")), shape.artifact_disk_bytes).unwrap();
-        let booted = boot_cold(&shape, &disks, "", None).unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+        let disks = StepDisks::create_in(
+            &scratch.path().join(format!("boot{i}")),
+            shape.artifact_disk_bytes,
+        )
+        .unwrap();
+        let booted = boot_cold(&shape, &disks, "", None, None)
+            .unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
         boots.push(booted.boot_time);
         vmm_setup.push(Duration::from_micros(booted.vm.setup_us));
     }
@@ -148,24 +178,51 @@ fn main() {
     let elapsed = started.elapsed();
     summary("exec `true` via warm pool (acquire+run)", exec_true);
     println!();
-    println!("sequential exec `true`: {execs} in {:.1} s = {:.2} steps/s", elapsed.as_secs_f64(), execs as f64 / elapsed.as_secs_f64());
+    println!(
+        "sequential exec `true`: {execs} in {:.1} s = {:.2} steps/s",
+        elapsed.as_secs_f64(),
+        execs as f64 / elapsed.as_secs_f64()
+    );
     drop(warm_pool);
 
     let mb = knob("SBXRUN_BENCH_STREAM_MB", 4);
     let mut lease = pool.acquire().expect("restore");
-    let (wall, bytes) = run(&mut lease, &format!("head -c {} /dev/zero", mb << 20), User::Unprivileged);
-    println!("stdout guest->host: {bytes} bytes in {:.2} s = {:.3} MB/s", wall.as_secs_f64(), bytes as f64 / 1e6 / wall.as_secs_f64());
-    let (wall, _) = run(&mut lease, &format!("dd if=/dev/vdb of=/dev/null bs=1M count={mb} 2>/dev/null"), User::Root);
-    println!("virtio-blk sequential read: {mb} MiB in {:.2} s = {:.3} MB/s", wall.as_secs_f64(), (mb << 20) as f64 / 1e6 / wall.as_secs_f64());
+    let (wall, bytes) = run(
+        &mut lease,
+        &format!("head -c {} /dev/zero", mb << 20),
+        User::Unprivileged,
+    );
+    println!(
+        "stdout guest->host: {bytes} bytes in {:.2} s = {:.3} MB/s",
+        wall.as_secs_f64(),
+        bytes as f64 / 1e6 / wall.as_secs_f64()
+    );
+    let (wall, _) = run(
+        &mut lease,
+        &format!("dd if=/dev/vdb of=/dev/null bs=1M count={mb} 2>/dev/null"),
+        User::Root,
+    );
+    println!(
+        "virtio-blk sequential read: {mb} MiB in {:.2} s = {:.3} MB/s",
+        wall.as_secs_f64(),
+        (mb << 20) as f64 / 1e6 / wall.as_secs_f64()
+    );
     drop(lease);
 
     let one = pool.acquire().expect("restore");
     std::thread::sleep(Duration::from_millis(300));
-    println!("PSS of one idle restored VMM: {} KiB", pss_kib(one.vm.pid()));
+    println!(
+        "PSS of one idle restored VMM: {} KiB",
+        pss_kib(one.vm.pid())
+    );
     drop(one);
     let n = knob("SBXRUN_BENCH_PSS_VMS", 50);
     let many: Vec<LeasedVm> = (0..n).map(|_| pool.acquire().expect("restore")).collect();
     std::thread::sleep(Duration::from_millis(500));
     let total: u64 = many.iter().map(|l| pss_kib(l.vm.pid())).sum();
-    println!("PSS of {n} idle restored VMMs: {} KiB total, {} KiB each", total, total / n.max(1) as u64);
+    println!(
+        "PSS of {n} idle restored VMMs: {} KiB total, {} KiB each",
+        total,
+        total / n.max(1) as u64
+    );
 }

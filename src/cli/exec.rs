@@ -61,6 +61,10 @@ pub struct ExecArgs {
     /// Boot the kernel instead of restoring the shape's snapshot.
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Debugging only: run the VMM without its jail (namespaces, empty
+    /// root, seccomp, dropped privileges). Warns on stderr.
+    #[arg(long)]
+    pub no_jail: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -107,6 +111,7 @@ pub fn run(args: ExecArgs) -> i32 {
         vcpus: args.vcpus,
         flavour: kvm.flavour,
         artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+        jail: !args.no_jail,
     };
     let started = Instant::now();
     let mut vm = match start_vm(&args, shape) {
@@ -149,7 +154,15 @@ pub fn run(args: ExecArgs) -> i32 {
     let host_timeout = args.timeout + Duration::from_secs(5);
     let result = session::run(vm.handle(), &request, host_timeout, &mut forward);
     if args.timings {
-        eprintln!("sbxrun: VM ready after {vm_ready:?} ({})", vm.describe());
+        let jail = if vm.handle().jailed() {
+            format!("jailed, jail setup {} µs", vm.handle().jail_us)
+        } else {
+            "NOT jailed".to_string()
+        };
+        eprintln!(
+            "sbxrun: VM ready after {vm_ready:?} ({}, {jail})",
+            vm.describe()
+        );
     }
     let code = match result {
         Ok(outcome) => {
@@ -232,7 +245,7 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
             StepDisks::create_in(&dir, shape.artifact_disk_bytes).map_err(|e| e.to_string())?;
         let guard = ScratchDir(dir);
         let extra = args.kernel_args.clone().unwrap_or_default();
-        let booted = boot_cold(&shape, &disks, &extra, args.console_log.clone())
+        let booted = boot_cold(&shape, &disks, &extra, args.console_log.clone(), None)
             .map_err(|e| crate::errors::chain(&e))?;
         return Ok(ExecVm::Cold {
             booted: Box::new(booted),

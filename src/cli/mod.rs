@@ -37,6 +37,23 @@ pub enum Command {
     /// Internal: the VMM process of one microVM (started by sbxrun itself).
     #[command(name = "__vmm", hide = true)]
     Vmm,
+    /// Internal, for tests: jail this process exactly like a VMM, then try
+    /// one escape (PROBE) and report whether it got through.
+    #[command(name = "__jail-selftest", hide = true)]
+    JailSelftest(JailSelftestArgs),
+}
+
+/// Arguments of `__jail-selftest`.
+#[derive(Debug, clap::Args)]
+pub struct JailSelftestArgs {
+    /// open-host-file, inet-socket, ptrace, execve, mount, setuid, unlisted-syscall
+    pub probe: crate::jail::selftest::Probe,
+    /// Run the probe on a vCPU-kind thread (its filter) instead of the main one.
+    #[arg(long)]
+    pub vcpu: bool,
+    /// Leave the seccomp filter off, to test the layers underneath it.
+    #[arg(long)]
+    pub layers: bool,
 }
 
 /// Entry point used by `main`; returns the process exit code.
@@ -55,7 +72,8 @@ pub fn main() -> i32 {
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Doctor(args) => doctor::run(args),
-        Command::Vmm => run_vmm(),
+        Command::Vmm => run_vmm(None),
+        Command::JailSelftest(args) => run_vmm(Some(args)),
     }
 }
 
@@ -87,11 +105,23 @@ fn init_tracing() {
         .try_init();
 }
 
-fn run_vmm() -> i32 {
+fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
+    use crate::jail::ThreadKind;
     use crate::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD};
     let adopt = |fd| crate::jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
     match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD)) {
-        (Ok(control), Ok(guest)) => crate::vmm::runtime::run(control, guest),
+        (Ok(control), Ok(guest)) => match selftest {
+            None => crate::vmm::runtime::run(control, guest),
+            Some(args) => {
+                drop(guest);
+                let kind = if args.vcpu {
+                    ThreadKind::Vcpu
+                } else {
+                    ThreadKind::Vmm
+                };
+                crate::vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
+            }
+        },
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("sbxrun __vmm is started by sbxrun itself: {e}");
             EXIT_INFRA

@@ -1,29 +1,27 @@
-//! Process isolation for VMM processes. For now: taking ownership of the
-//! descriptors the runner hands to a `__vmm` child.
+//! The jail every `__vmm` process enters before its guest runs: new mount,
+//! PID, network, IPC and UTS namespaces (and a user namespace when not
+//! root), an empty read-only root, no capabilities, no new privileges, an
+//! unprivileged uid, rlimits, a per-VM cgroup, and a seccomp filter per
+//! thread kind. A guest that escapes into the VMM finds a process that can
+//! only use the descriptors it already holds.
+//!
+//! A leaf module: it knows nothing of KVM or the control protocol. The VMM
+//! runtime calls [`enter`] before building the VM, [`Jail::lock_down`] once
+//! every descriptor is open, and [`ThreadFilter::apply`] on each thread.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+mod cgroup;
+mod config;
+mod error;
+mod fds;
+mod fs;
+mod namespaces;
+mod privileges;
+pub mod seccomp;
+pub mod selftest;
 
-/// Errors adopting inherited descriptors.
-#[derive(Debug, thiserror::Error)]
-pub enum FdError {
-    #[error("descriptor {0} was not inherited from the runner")]
-    NotOpen(RawFd),
-}
-
-/// Takes ownership of descriptor `fd`, which the parent placed there.
-pub fn adopt_inherited_fd(fd: RawFd) -> Result<OwnedFd, FdError> {
-    // SAFETY: F_GETFD only inspects the descriptor table; any integer is a
-    // valid argument.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(FdError::NotOpen(fd));
-    }
-    // SAFETY: `fd` is open (checked above) and nothing else in this process
-    // owns it: the runner placed it at this number for us alone, and it is
-    // adopted exactly once, at process start.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `fd` is open and owned by `owned`; setting FD_CLOEXEC keeps it
-    // from leaking into anything this process might execute.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-    Ok(owned)
-}
+pub use cgroup::{join_cgroup, CgroupError, CgroupLimits, VmCgroup};
+pub use config::JailConfig;
+pub use error::{JailError, JailStep};
+pub use fds::{adopt_inherited_fd, FdError};
+pub use namespaces::{enter, ChildEnd, Entered, Jail, Relay};
+pub use seccomp::{SeccompViolation, ThreadFilter, ThreadKind};

@@ -9,7 +9,8 @@ use guest_init::proto::Ready;
 use super::session;
 use super::vm::{VmHandle, VmHandleError};
 use crate::host::KvmFlavour;
-use crate::vmm::api::{DiskConfig, VmConfig};
+use crate::jail::JailConfig;
+use crate::vmm::api::{DiskConfig, SnapshotFiles, VmConfig};
 
 /// What a VM is made of. Two VMs of one shape are interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,10 @@ pub struct VmShape {
     /// Size of each artifact disk (vdb inputs, vdc outputs). Part of the
     /// shape because the guest sees the disk geometry at boot.
     pub artifact_disk_bytes: u64,
+    /// Jail the VMM processes (the default). Off only for debugging
+    /// (`--no-jail`), which warns loudly. Not part of the snapshot key: a
+    /// snapshot serves jailed and unjailed VMs alike.
+    pub jail: bool,
 }
 
 /// Default size of the artifact disks: sparse, so unused space costs nothing.
@@ -52,6 +57,25 @@ impl StepDisks {
 }
 
 impl VmShape {
+    /// A jailed shape of the default guest assets (`make assets`) on this
+    /// host's KVM: what tests and benchmarks run.
+    pub fn from_default_assets(
+        memory_mib: u32,
+        vcpus: u8,
+    ) -> Result<Self, crate::assets::MissingAsset> {
+        use crate::assets::{require, Asset};
+        Ok(VmShape {
+            kernel: require(Asset::Kernel, None)?,
+            initramfs: require(Asset::Initramfs, None)?,
+            image: require(Asset::Image, None)?,
+            memory_mib,
+            vcpus,
+            flavour: crate::host::probe_kvm().flavour,
+            artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+            jail: true,
+        })
+    }
+
     /// How long a cold boot may take before it counts as hung. Guest kernel
     /// code is emulated on kvm-pvm hosts, which makes booting ~100x slower.
     pub fn boot_timeout(&self) -> Duration {
@@ -89,6 +113,11 @@ impl VmShape {
             extra_cmdline: String::new(),
             console_log,
             restore: None,
+            snapshot_to: None,
+            jail: JailConfig {
+                enabled: self.jail,
+                ..JailConfig::default()
+            },
         }
     }
 }
@@ -101,17 +130,21 @@ pub struct BootedVm {
     pub boot_time: Duration,
 }
 
-/// Boots a VM of `shape` and waits for guest-init.
+/// Boots a VM of `shape` and waits for guest-init. `snapshot_to` names
+/// the files a later snapshot request writes (the VMM creates them at
+/// start, before its jail closes).
 pub fn boot_cold(
     shape: &VmShape,
     disks: &StepDisks,
     extra_cmdline: &str,
     console_log: Option<PathBuf>,
+    snapshot_to: Option<SnapshotFiles>,
 ) -> Result<BootedVm, VmHandleError> {
     let started = Instant::now();
     let timeout = shape.boot_timeout();
     let mut config = shape.vm_config(disks, console_log);
     config.extra_cmdline = extra_cmdline.to_string();
+    config.snapshot_to = snapshot_to;
     let mut vm = VmHandle::spawn(&config, timeout)?;
     let ready = session::wait_ready(&mut vm, timeout.saturating_sub(started.elapsed()))?;
     Ok(BootedVm {

@@ -243,17 +243,16 @@ fn build_into(
     let scratch = tmp.join("disks");
     let disks =
         StepDisks::create_in(&scratch, shape.artifact_disk_bytes).map_err(io_err(&scratch))?;
-    let mut booted = boot_cold(shape, &disks, "", console_log).map_err(SnapshotError::Boot)?;
-    let boot_ms = started.elapsed().as_millis() as u64;
     let files = SnapshotFiles {
         state: tmp.join("state"),
         memory: tmp.join("memory"),
     };
+    let mut booted = boot_cold(shape, &disks, "", console_log, Some(files.clone()))
+        .map_err(SnapshotError::Boot)?;
+    let boot_ms = started.elapsed().as_millis() as u64;
     booted
         .vm
-        .request(&VmmRequest::Snapshot {
-            files: files.clone(),
-        })
+        .request(&VmmRequest::Snapshot)
         .map_err(SnapshotError::Create)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let memory_bytes_written = loop {

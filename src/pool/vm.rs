@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use guest_init::proto::{FrameDecoder, GuestMsg, ProtoError};
 
+use crate::jail::{CgroupLimits, VmCgroup};
 use crate::vmm::api::{
     read_frame, write_frame, FrameError, VmConfig, VmExit, VmmEvent, VmmRequest,
 };
@@ -59,9 +60,21 @@ pub enum VmEvent {
     VmmGone,
 }
 
+/// Memory a VMM process uses besides guest RAM (its heap, device
+/// buffers, page tables), for the cgroup limit.
+const VMM_OVERHEAD_BYTES: u64 = 256 << 20;
+
+/// Tasks a VMM may run: the relay, the main, vCPU and device threads, and
+/// headroom. Threads count against pids.max.
+const VMM_MAX_PIDS: u64 = 32;
+
 /// A running VM in its own process. Dropping it kills the process.
 pub struct VmHandle {
     child: Child,
+    cgroup: Option<VmCgroup>,
+    jailed: bool,
+    /// VMM-side time spent entering the jail, reported at start.
+    pub jail_us: u64,
     control: UnixStream,
     guest: UnixStream,
     events: Receiver<VmEvent>,
@@ -73,11 +86,44 @@ pub struct VmHandle {
 impl VmHandle {
     /// Starts a VMM process for `config` and waits until its vCPU runs.
     pub fn spawn(config: &VmConfig, timeout: Duration) -> Result<Self, VmHandleError> {
+        Self::spawn_process(&["__vmm"], config, timeout)
+    }
+
+    /// Starts `sbxrun __jail-selftest PROBE_ARGS...` like a VMM (same
+    /// channels, cgroup and jail) and waits until it says it is jailed.
+    pub fn spawn_jail_selftest(
+        probe_args: &[&str],
+        config: &VmConfig,
+        timeout: Duration,
+    ) -> Result<Self, VmHandleError> {
+        let mut args = vec!["__jail-selftest"];
+        args.extend_from_slice(probe_args);
+        Self::spawn_process(&args, config, timeout)
+    }
+
+    fn spawn_process(
+        args: &[&str],
+        config: &VmConfig,
+        timeout: Duration,
+    ) -> Result<Self, VmHandleError> {
+        let mut config = config.clone();
+        // A caller that names cgroups of its own keeps them.
+        let cgroup = if config.jail.enabled && config.jail.cgroup_procs.is_empty() {
+            vm_cgroup(&config)
+        } else if config.jail.enabled {
+            None
+        } else {
+            warn_unjailed();
+            None
+        };
+        if let Some(cgroup) = &cgroup {
+            config.jail.cgroup_procs = cgroup.procs_files();
+        }
         let (control, child_control) = UnixStream::pair().map_err(VmHandleError::Channels)?;
         let (guest, child_guest) = UnixStream::pair().map_err(VmHandleError::Channels)?;
         let exe = vmm_executable();
         let mut cmd = Command::new(&exe);
-        cmd.arg("__vmm")
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -107,18 +153,27 @@ impl VmHandle {
 
         let mut handle = VmHandle {
             child,
+            cgroup,
+            jailed: false,
+            jail_us: 0,
             control,
             guest,
             events,
             exit: None,
             setup_us: 0,
         };
-        write_frame(&mut handle.control, config)?;
+        write_frame(&mut handle.control, &config)?;
         let deadline = Instant::now() + timeout;
         loop {
             match handle.next_event(deadline)? {
-                VmEvent::Vmm(VmmEvent::Started { setup_us }) => {
+                VmEvent::Vmm(VmmEvent::Started {
+                    setup_us,
+                    jailed,
+                    jail_us,
+                }) => {
                     handle.setup_us = setup_us;
+                    handle.jailed = jailed;
+                    handle.jail_us = jail_us;
                     return Ok(handle);
                 }
                 VmEvent::Guest(_) => {
@@ -212,10 +267,57 @@ impl VmHandle {
         // Drop kills.
     }
 
-    /// The VMM's process id.
+    /// The VMM's process id (the relay's, when jailed: the VMM itself is
+    /// PID 1 of its own namespace, a child of this one).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether the VMM runs in its jail (false only with `--no-jail`), as
+    /// the VMM itself reported it. For reports.
+    pub fn jailed(&self) -> bool {
+        self.jailed
+    }
+
+    /// The per-VM cgroup directories, if the host gave us a cgroup.
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        self.cgroup.as_ref().map_or(&[], |c| c.dirs())
+    }
+}
+
+/// The VM's cgroup, or none with a warning (once per process) saying why.
+fn vm_cgroup(config: &VmConfig) -> Option<VmCgroup> {
+    let limits = CgroupLimits {
+        memory_bytes: (u64::from(config.memory_mib) << 20) + VMM_OVERHEAD_BYTES,
+        pids: VMM_MAX_PIDS,
+    };
+    match VmCgroup::create(limits) {
+        Ok(cgroup) => Some(cgroup),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            let why = crate::errors::chain(&e);
+            WARNED.call_once(|| {
+                eprintln!(
+                    "sbxrun: warning: VMs run without a cgroup, so their memory and process \
+                     counts are not bounded: {why}"
+                )
+            });
+            tracing::warn!("no cgroup for a VM: {why}");
+            None
+        }
+    }
+}
+
+fn warn_unjailed() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "sbxrun: WARNING: --no-jail: VMM processes run WITHOUT their jail (no namespaces, \
+             no seccomp, full privileges of this process); a guest that escapes into its \
+             VMM owns this host account. Use only for debugging."
+        )
+    });
+    tracing::warn!("starting a VMM without its jail (--no-jail)");
 }
 
 impl Drop for VmHandle {
@@ -224,6 +326,8 @@ impl Drop for VmHandle {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // Only now is the cgroup empty (the VMM dies with its relay).
+        self.cgroup.take();
     }
 }
 

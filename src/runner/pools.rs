@@ -63,6 +63,7 @@ impl Pools {
             vcpus: u8::try_from(settings.vcpus).unwrap_or(u8::MAX),
             flavour: self.base.flavour,
             artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
+            jail: true,
         })
     }
 

@@ -50,6 +50,13 @@ pub struct VmConfig {
     /// Restore this snapshot instead of booting the kernel.
     #[serde(default)]
     pub restore: Option<SnapshotFiles>,
+    /// Files the VMM creates at start (before its jail closes) for a later
+    /// [`VmmRequest::Snapshot`] to write into.
+    #[serde(default)]
+    pub snapshot_to: Option<SnapshotFiles>,
+    /// How the VMM process is jailed.
+    #[serde(default)]
+    pub jail: crate::jail::JailConfig,
 }
 
 /// The two files of a snapshot.
@@ -67,8 +74,9 @@ pub struct SnapshotFiles {
 pub enum VmmRequest {
     /// Stop the VM now and exit.
     Shutdown,
-    /// Pause the VM, write its snapshot to these files, and exit.
-    Snapshot { files: SnapshotFiles },
+    /// Pause the VM, write its snapshot into the files named by
+    /// [`VmConfig::snapshot_to`] (opened at start), and exit.
+    Snapshot,
 }
 
 /// VMM -> runner.
@@ -79,6 +87,12 @@ pub enum VmmEvent {
     Started {
         /// Time spent by the VMM between process start and the first vCPU entry.
         setup_us: u64,
+        /// Whether the VMM runs jailed (false only with `--no-jail`).
+        #[serde(default)]
+        jailed: bool,
+        /// Part of `setup_us` spent entering the jail.
+        #[serde(default)]
+        jail_us: u64,
     },
     /// The snapshot was written; the process exits right after sending this.
     Snapshotted {
@@ -111,6 +125,13 @@ pub enum VmExit {
     FailEntry { reason: u64 },
     /// The VMM itself failed (setup, device, host I/O).
     HostError { message: String },
+    /// The VMM could not enter its jail; `step` says which part failed.
+    JailFailed { step: String, reason: String },
+    /// The jailed VMM made a system call its seccomp filter refuses: a bug
+    /// in the allow-list, or a guest that took over the VMM.
+    SeccompViolation { syscall: String, thread: String },
+    /// A signal killed the VMM (e.g. the cgroup's out-of-memory killer).
+    VmmKilled { signal: i32 },
 }
 
 impl VmExit {
@@ -128,6 +149,20 @@ impl VmExit {
             }
             VmExit::FailEntry { reason } => format!("KVM entry failure (reason {reason:#x})"),
             VmExit::HostError { message } => format!("VMM error: {message}"),
+            VmExit::JailFailed { step, reason } => {
+                format!("the VMM could not {step}: {reason}")
+            }
+            VmExit::SeccompViolation { syscall, thread } => format!(
+                "the VMM was killed by its seccomp filter: syscall `{syscall}` on a {thread} thread"
+            ),
+            VmExit::VmmKilled { signal } => format!(
+                "the VMM was killed by signal {signal}{}",
+                if *signal == libc::SIGKILL {
+                    " (out of memory in its cgroup, or killed from outside)"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 }

@@ -6,6 +6,11 @@
 //! the guest-input pump (runner bytes -> virtio-console), the control reader
 //! (runner requests). The main thread waits for the first of them to end
 //! the VM, reports, and returns; the process exit tears everything down.
+//!
+//! Jail (see `crate::jail`): entered right after the config arrives (the
+//! process forks there; the parent only relays how the VMM ended), locked
+//! once every file is open, and each thread applies its seccomp filter
+//! before it handles anything the guest controls.
 
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
@@ -31,6 +36,7 @@ use super::vstate::memory::{create_guest_memory, dump_sparse, map_snapshot};
 use super::vstate::persist::{self, VcpuState, VmState};
 use super::vstate::vcpu::{ExitHandler, Vcpu};
 use super::vstate::vm::Vm;
+use crate::jail::{self, ChildEnd, Entered, JailError, ThreadFilter};
 
 /// Why the VM could not be built, restored or snapshotted.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,10 @@ pub enum RuntimeError {
     Serial(#[from] super::devices::legacy::serial::SerialRestoreError),
     #[error("the vCPU did not pause within {0:?}")]
     PauseTimeout(Duration),
+    #[error("a snapshot was requested, but the VM was not started with `snapshot_to` files")]
+    NoSnapshotFiles,
+    #[error("jail")]
+    Jail(#[from] JailError),
 }
 
 /// Everything a snapshot holds besides guest memory.
@@ -126,13 +136,34 @@ impl ExitHandler for Platform {
 /// code for the process.
 pub fn run(mut ctl: UnixStream, guest: UnixStream) -> i32 {
     let started = Instant::now();
-    let event = match run_vm(&mut ctl, guest, started) {
-        Ok(event) => event,
-        Err(e) => VmmEvent::Exited {
-            exit: VmExit::HostError {
-                message: crate::errors::chain(&e),
-            },
+    let result = read_config(&mut ctl).and_then(|config| match enter_jail(&config)? {
+        JailEntry::Relay(relay) => Ok(Err(relay)),
+        JailEntry::Vmm(jail) => run_vm(&mut ctl, guest, config, jail, started).map(Ok),
+    });
+    finish(ctl, result)
+}
+
+fn read_config(ctl: &mut UnixStream) -> Result<VmConfig, RuntimeError> {
+    read_frame(ctl)?.ok_or(RuntimeError::NoConfig)
+}
+
+/// Reports how the process ends: its own event, or (in the relay) how the
+/// jailed VMM died.
+fn finish(mut ctl: UnixStream, result: Result<Result<VmmEvent, jail::Relay>, RuntimeError>) -> i32 {
+    let event = match result {
+        Ok(Ok(event)) => event,
+        Ok(Err(relay)) => match relay.wait() {
+            ChildEnd::Exited(code) => return code,
+            ChildEnd::Seccomp(v) => exited(VmExit::SeccompViolation {
+                syscall: v.syscall_name(),
+                thread: v.thread.map_or("unknown", |t| t.name()).into(),
+            }),
+            ChildEnd::Signaled(signal) => exited(VmExit::VmmKilled { signal }),
         },
+        Err(RuntimeError::Jail(e)) => exited(jail_failed(&e)),
+        Err(e) => exited(VmExit::HostError {
+            message: crate::errors::chain(&e),
+        }),
     };
     match write_frame(&mut ctl, &event) {
         Ok(()) => 0,
@@ -140,11 +171,118 @@ pub fn run(mut ctl: UnixStream, guest: UnixStream) -> i32 {
     }
 }
 
+fn exited(exit: VmExit) -> VmmEvent {
+    VmmEvent::Exited { exit }
+}
+
+fn jail_failed(e: &JailError) -> VmExit {
+    VmExit::JailFailed {
+        step: e.step.to_string(),
+        reason: e.reason(),
+    }
+}
+
+enum JailEntry {
+    Relay(jail::Relay),
+    Vmm(Option<VmJail>),
+}
+
+/// The jail of this VMM, between entering and locking down.
+struct VmJail {
+    jail: jail::Jail,
+    enter_time: Duration,
+}
+
+/// Enters the jail unless the runner turned it off. Must run while the
+/// process is single-threaded.
+fn enter_jail(config: &VmConfig) -> Result<JailEntry, RuntimeError> {
+    if !config.jail.enabled {
+        return Ok(JailEntry::Vmm(None));
+    }
+    match jail::enter(&config.jail)? {
+        Entered::Relay(relay) => Ok(JailEntry::Relay(relay)),
+        Entered::Jailed(jail) => Ok(JailEntry::Vmm(Some(VmJail {
+            enter_time: jail.started().elapsed(),
+            jail,
+        }))),
+    }
+}
+
+/// The seccomp filters left to apply once the jail is locked.
+#[derive(Default)]
+struct PendingFilters {
+    vmm: Option<ThreadFilter>,
+    vcpu: Option<ThreadFilter>,
+    jail_us: u64,
+}
+
+/// Locks the jail (every file is open by now).
+fn lock_jail(jail: Option<VmJail>) -> Result<PendingFilters, RuntimeError> {
+    let Some(VmJail { jail, enter_time }) = jail else {
+        return Ok(PendingFilters::default());
+    };
+    let started = Instant::now();
+    let filters = jail.lock_down()?;
+    Ok(PendingFilters {
+        vmm: Some(filters.vmm),
+        vcpu: Some(filters.vcpu),
+        jail_us: (enter_time + started.elapsed()).as_micros() as u64,
+    })
+}
+
+/// Runs a jail self-test probe instead of a VM (`sbxrun __jail-selftest`):
+/// the same jail as a VMM, the probe on a thread of `kind`, the result
+/// reported as the VM's exit.
+pub fn run_jail_selftest(
+    mut ctl: UnixStream,
+    probe: jail::selftest::Probe,
+    kind: jail::ThreadKind,
+    seccomp: bool,
+) -> i32 {
+    let result = read_config(&mut ctl).and_then(|config| match enter_jail(&config)? {
+        JailEntry::Relay(relay) => Ok(Err(relay)),
+        JailEntry::Vmm(jail) => {
+            let mut filters = lock_jail(jail)?;
+            if !seccomp {
+                filters = PendingFilters::default();
+            }
+            write_frame(
+                &mut ctl,
+                &VmmEvent::Started {
+                    setup_us: 0,
+                    jailed: true,
+                    jail_us: filters.jail_us,
+                },
+            )?;
+            let attempt = move || {
+                let filter = match kind {
+                    jail::ThreadKind::Vmm => filters.vmm,
+                    jail::ThreadKind::Vcpu => filters.vcpu,
+                };
+                filter.as_ref().map(ThreadFilter::apply).transpose()?;
+                Ok::<_, JailError>(probe.attempt())
+            };
+            let outcome = match kind {
+                jail::ThreadKind::Vmm => attempt()?,
+                jail::ThreadKind::Vcpu => std::thread::spawn(attempt).join().map_err(|_| {
+                    RuntimeError::Thread(std::io::Error::other("probe thread panicked"))
+                })??,
+            };
+            let message = match outcome {
+                Ok(what) => format!("selftest {}: got through: {what}", probe.name()),
+                Err(e) => format!("selftest {}: refused: {e}", probe.name()),
+            };
+            Ok(Ok(exited(VmExit::HostError { message })))
+        }
+    });
+    finish(ctl, result)
+}
+
 enum Finished {
     Exit(VmExit),
     /// The vCPU stopped on request; its state and the platform come back.
     Paused(Box<Result<VcpuState, persist::PersistError>>, Box<Platform>),
-    SnapshotRequested(SnapshotFiles),
+    SnapshotRequested,
     ShutdownRequested,
     RunnerGone,
 }
@@ -266,12 +404,37 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
     }
 }
 
+/// The pre-opened files a snapshot request writes into.
+struct SnapshotTarget {
+    files: SnapshotFiles,
+    state: File,
+    memory: File,
+}
+
+fn open_snapshot_target(config: &VmConfig) -> Result<Option<SnapshotTarget>, RuntimeError> {
+    let Some(files) = &config.snapshot_to else {
+        return Ok(None);
+    };
+    let create = |path: &std::path::Path| {
+        File::create(path).map_err(|source| RuntimeError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    Ok(Some(SnapshotTarget {
+        state: create(&files.state)?,
+        memory: create(&files.memory)?,
+        files: files.clone(),
+    }))
+}
+
 fn run_vm(
     ctl: &mut UnixStream,
     guest: UnixStream,
+    config: VmConfig,
+    jail: Option<VmJail>,
     started: Instant,
 ) -> Result<VmmEvent, RuntimeError> {
-    let config: VmConfig = read_frame(ctl)?.ok_or(RuntimeError::NoConfig)?;
     let Built {
         vm,
         memory,
@@ -281,7 +444,14 @@ fn run_vm(
         transcript,
         cmdline,
     } = build(&config, &guest)?;
+    let snapshot_target = open_snapshot_target(&config)?;
     register_signal_handler(kick_signal(), on_kick).map_err(|e| RuntimeError::Thread(e.into()))?;
+    let jailed = jail.is_some();
+    let PendingFilters {
+        vmm: vmm_filter,
+        vcpu: vcpu_filter,
+        jail_us,
+    } = lock_jail(jail)?;
 
     let vm = Arc::new(vm);
     let (done_tx, done_rx) = mpsc::channel::<Finished>();
@@ -293,6 +463,10 @@ fn run_vm(
         std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
+                if let Some(Err(e)) = vcpu_filter.as_ref().map(ThreadFilter::apply) {
+                    let _ = done.send(Finished::Exit(jail_failed(&e)));
+                    return;
+                }
                 let finished = match vcpu.run(&mut platform, &stop) {
                     Some(exit) => Finished::Exit(exit),
                     None => {
@@ -310,6 +484,8 @@ fn run_vm(
             })
             .map_err(RuntimeError::Thread)?
     };
+    // The device threads started below inherit this filter.
+    vmm_filter.as_ref().map(ThreadFilter::apply).transpose()?;
     virtio
         .spawn_input_pump(guest)
         .map_err(RuntimeError::Thread)?;
@@ -319,6 +495,8 @@ fn run_vm(
         ctl,
         &VmmEvent::Started {
             setup_us: started.elapsed().as_micros() as u64,
+            jailed,
+            jail_us,
         },
     )?;
 
@@ -330,7 +508,8 @@ fn run_vm(
             .and_then(|t| t.panic_line().map(str::to_string))
     };
     let exit = match finished {
-        Finished::SnapshotRequested(files) => {
+        Finished::SnapshotRequested => {
+            let target = snapshot_target.ok_or(RuntimeError::NoSnapshotFiles)?;
             let ctx = SnapshotContext {
                 vm: &vm,
                 memory: &memory,
@@ -338,7 +517,7 @@ fn run_vm(
                 config: &config,
                 cmdline,
             };
-            return snapshot_vm(ctx, &files, &stop, &vcpu_thread, &done_rx);
+            return snapshot_vm(ctx, target, &stop, &vcpu_thread, &done_rx);
         }
         Finished::Exit(exit) => panic_line()
             .map(|line| VmExit::GuestPanic { line })
@@ -360,7 +539,7 @@ fn spawn_control_reader(
         .spawn(move || {
             let finished = match read_frame::<VmmRequest>(&mut ctl) {
                 Ok(Some(VmmRequest::Shutdown)) => Finished::ShutdownRequested,
-                Ok(Some(VmmRequest::Snapshot { files })) => Finished::SnapshotRequested(files),
+                Ok(Some(VmmRequest::Snapshot)) => Finished::SnapshotRequested,
                 Ok(None) | Err(_) => Finished::RunnerGone,
             };
             let _ = done.send(finished);
@@ -380,7 +559,7 @@ struct SnapshotContext<'a> {
 /// Stops the vCPU, then saves vCPU, VM, device state and memory.
 fn snapshot_vm(
     ctx: SnapshotContext<'_>,
-    files: &SnapshotFiles,
+    target: SnapshotTarget,
     stop: &AtomicBool,
     vcpu_thread: &JoinHandle<()>,
     done: &Receiver<Finished>,
@@ -411,15 +590,24 @@ fn snapshot_vm(
         serial: platform.serial.snapshot(),
         virtio: ctx.virtio.save()?,
     };
-    snapshot::write_file(&files.state, &state).map_err(|source| RuntimeError::StateFile {
+    let SnapshotTarget {
+        files,
+        state: mut state_file,
+        memory: mem_file,
+    } = target;
+    let state_err = |source| RuntimeError::StateFile {
         path: files.state.display().to_string(),
         source,
-    })?;
+    };
+    let bytes = snapshot::encode(&state).map_err(state_err)?;
+    state_file
+        .write_all(&bytes)
+        .and_then(|()| state_file.sync_all())
+        .map_err(|e| state_err(e.into()))?;
     let open_err = |source| RuntimeError::Open {
         path: files.memory.display().to_string(),
         source,
     };
-    let mem_file = File::create(&files.memory).map_err(open_err)?;
     let memory_bytes = dump_sparse(
         ctx.memory,
         u64::from(ctx.config.memory_mib) << 20,

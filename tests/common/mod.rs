@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use sbxrun::assets::{self, Asset};
 use sbxrun::host::probe_kvm;
-use sbxrun::pool::launch::{VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use sbxrun::pool::launch::VmShape;
 
 /// Panics with a clear message unless this host can run VMs.
 pub fn require_kvm() {
@@ -30,19 +29,8 @@ pub fn sbxrun_exe() -> PathBuf {
 pub fn default_shape() -> VmShape {
     require_kvm();
     sbxrun::pool::vm::set_vmm_executable(sbxrun_exe());
-    let get = |a| {
-        assets::require(a, None)
-            .unwrap_or_else(|e| panic!("integration tests need the guest assets: {e}"))
-    };
-    VmShape {
-        kernel: get(Asset::Kernel),
-        initramfs: get(Asset::Initramfs),
-        image: get(Asset::Image),
-        memory_mib: 256,
-        vcpus: 1,
-        flavour: probe_kvm().flavour,
-        artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
-    }
+    VmShape::from_default_assets(256, 1)
+        .unwrap_or_else(|e| panic!("integration tests need the guest assets: {e}"))
 }
 
 /// Runs `sbxrun ARGS` and returns its output.
