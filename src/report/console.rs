@@ -86,7 +86,7 @@ impl Console {
     /// A step ended (finally, or an attempt that will be retried).
     pub fn finished(&self, s: &StepReport, retrying: bool, tail: &str) {
         let failed = s.verdict.is_failure();
-        if self.verbosity == Verbosity::Quiet && !(failed && !s.allow_failure) {
+        if self.verbosity == Verbosity::Quiet && (!failed || s.allow_failure) {
             return;
         }
         let mark = match s.verdict {

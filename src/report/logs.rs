@@ -28,6 +28,9 @@ impl Stream {
     }
 }
 
+/// Receives each finished, masked line.
+pub type LineSink = Box<dyn FnMut(Stream, &str) + Send>;
+
 struct StreamState {
     masker: Masker,
     partial: Vec<u8>,
@@ -41,7 +44,7 @@ pub struct StepLog {
     limit: u64,
     seen: u64,
     exceeded: bool,
-    on_line: Option<Box<dyn FnMut(Stream, &str) + Send>>,
+    on_line: Option<LineSink>,
 }
 
 impl StepLog {
@@ -68,7 +71,7 @@ impl StepLog {
     }
 
     /// Also passes every finished (masked) line to `f`.
-    pub fn on_line(&mut self, f: Box<dyn FnMut(Stream, &str) + Send>) {
+    pub fn on_line(&mut self, f: LineSink) {
         self.on_line = Some(f);
     }
 

@@ -25,7 +25,7 @@ use crate::errors::{EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED};
 use crate::manifest::Job;
 use crate::plan::Plan;
 use crate::report::console::Console;
-use crate::report::junit::{self, Tails};
+use crate::report::junit;
 use crate::report::{
     atomic_write, HostInfo, JobInfo, Report, RunStatus, StepReport, Verdict, REPORT_VERSION,
 };
@@ -160,7 +160,7 @@ impl Writer<'_> {
             by_name
                 .get(n)
                 .map(|&i| steps[i].tails.clone())
-                .unwrap_or_else(Tails::default)
+                .unwrap_or_default()
         };
         let extra = |n: &str| {
             by_name
