@@ -28,6 +28,9 @@ impl Stream {
     }
 }
 
+/// Receives each finished, masked line.
+pub type LineSink = Box<dyn FnMut(Stream, &str) + Send>;
+
 struct StreamState {
     masker: Masker,
     partial: Vec<u8>,

@@ -9,7 +9,7 @@ mod mask;
 mod model;
 mod write;
 
-pub use logs::{StepLog, Stream, TAIL_LINES};
+pub use logs::{LineSink, StepLog, Stream, TAIL_LINES};
 pub use mask::{mask_str, Masker, MASK};
 pub use model::{
     report_schema, Attempt, EgressEvent, FileDigest, HostInfo, JobInfo, LogPaths, Report,
