@@ -37,9 +37,6 @@ struct StreamState {
     tail: VecDeque<String>,
 }
 
-/// Receives each complete output line (for the live console).
-pub type LineSink = Box<dyn FnMut(Stream, &str) + Send>;
-
 /// Writes one step's log.
 pub struct StepLog {
     file: Option<BufWriter<File>>,
