@@ -1,7 +1,8 @@
 //! virtio-console (device id 3) with the multiport feature and exactly one
 //! generic port, id 0: the guest sees a plain character device
-//! (`/dev/vportNp0`, N the virtio device index), not a tty, so its writes reach us in buffers of up to
-//! 32 KiB instead of the tty layer's small pieces.
+//! (`/dev/vportNp0`, N the virtio device index), not a tty, so its writes
+//! reach us in buffers of up to 32 KiB instead of the tty layer's small
+//! pieces.
 //!
 //! Queues: 0 and 1 carry port 0's data (host to guest, guest to host),
 //! 2 and 3 carry control messages (host to guest, guest to host). The
