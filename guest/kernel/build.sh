@@ -72,8 +72,10 @@ fi
 
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
-log "waiting for the build lock $cache/.lock"
-flock 9
+if ! flock -n 9; then
+	log "another kernel build holds $cache/.lock; waiting"
+	flock 9
+fi
 # Another build may have produced the entry while we waited.
 if [ -f "$entry/vmlinux" ]; then
 	echo "$entry/vmlinux"
