@@ -1,10 +1,12 @@
 # The two entry points of a fresh machine:
 #   make demo   builds everything (apt packages, guest kernel from source,
-#               guest-init, initramfs, root image, sbxrun) and runs an example
-#   make test   the same builds, then the whole test suite on real VMs
+#               guest-init, initramfs, root image, sbxrun) and runs an
+#               example job end to end in real VMs
+#   make test   the same builds, then lint and the whole test suite on real VMs
 CARGO ?= cargo
+PYTHON ?= python3
 
-.PHONY: demo test assets build lint
+.PHONY: demo test assets build lint test-deps
 
 assets:
 	./guest/assets.sh
@@ -12,13 +14,18 @@ assets:
 build:
 	$(CARGO) build --release --bin sbxrun
 
+# The JUnit consumer the run tests validate reports with.
+test-deps:
+	$(PYTHON) -c 'import junitparser' 2>/dev/null || $(PYTHON) -m pip install -q junitparser
+
 demo: assets build
 	./target/release/sbxrun doctor
 	./target/release/sbxrun exec -- uname -a
+	./target/release/sbxrun run examples/pipeline.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: assets lint
+test: assets test-deps lint
 	$(CARGO) test --workspace

@@ -54,6 +54,7 @@ fn request(script: &str, user: User) -> RunRequest {
         timeout_ms: Some(600_000),
         stdin: None,
         artifacts: Default::default(),
+        network: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn request(cmd: Command, user: User, stdin: Option<Vec<u8>>) -> RunRequest {
         timeout_ms: Some(60_000),
         stdin,
         artifacts: Default::default(),
+        network: None,
     }
 }
 

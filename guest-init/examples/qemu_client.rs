@@ -69,6 +69,7 @@ fn request(command: Command) -> RunRequest {
         timeout_ms: None,
         stdin: None,
         artifacts: Default::default(),
+        network: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod channel;
+mod net;
 mod run;
 mod setup;
 mod spawn;
@@ -36,6 +37,7 @@ fn main() {
 fn boot(started: Instant, chan_slot: &mut Option<Channel>) -> Result<(), BootError> {
     setup::early()?;
     setup::mounts()?;
+    net::loopback_up()?;
     let handles = Handles {
         devnull: setup::open_device("/dev/null", true)?,
         urandom: setup::open_device("/dev/urandom", true)?,

@@ -198,6 +198,24 @@ pub struct RunRequest {
     /// Artifacts moved over the input and output disks.
     #[serde(default)]
     pub artifacts: ArtifactsRequest,
+    /// The step's network; `None` leaves the interface down (no egress).
+    #[serde(default)]
+    pub network: Option<NetworkSetup>,
+}
+
+/// The IPv4 setup of a step that may reach the outside through the VMM's
+/// userspace network stack, which answers at `gateway` and `dns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSetup {
+    /// The guest's address on its interface.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of the link's subnet.
+    pub prefix_len: u8,
+    /// The default route.
+    pub gateway: std::net::Ipv4Addr,
+    /// The only resolver (written to `/etc/resolv.conf`).
+    pub dns: std::net::Ipv4Addr,
 }
 
 /// Input disk path, as the guest sees it (read-only).

@@ -164,6 +164,12 @@ pub fn handle_run(chan: &mut Channel, h: &Handles, req: RunRequest) -> io::Resul
         chan.send_error(ErrorCode::Internal, format!("reseed the RNG: {e}"))?;
         return Ok(Flow::Continue);
     }
+    if let Some(setup) = &req.network {
+        if let Err(e) = crate::net::configure(setup) {
+            chan.send_error(ErrorCode::Internal, format!("configure the network: {e}"))?;
+            return Ok(Flow::Continue);
+        }
+    }
     if req.artifacts.unpack_inputs {
         if let Err(e) = crate::artifacts::unpack_inputs(&work_dir(&req)) {
             chan.send_error(ErrorCode::Internal, format!("unpack the inputs: {e}"))?;

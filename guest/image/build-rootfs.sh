@@ -37,7 +37,7 @@ if ! file_out=$("$busybox" --list-full 2>/dev/null) || [ -z "$file_out" ]; then
     exit 1
 fi
 
-key=$( (sha256sum <"${BASH_SOURCE[0]}"; sha256sum <"$busybox"; mkfs.ext4 -V 2>&1 | head -1) |
+key=$( (sha256sum <"${BASH_SOURCE[0]}"; sha256sum <"$busybox"; mkfs.ext4 -V 2>&1 | sed -n 1p) |
     sha256sum | cut -c1-16)
 outdir=$cache/images/default/$key
 out=$outdir/rootfs.ext4

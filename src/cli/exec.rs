@@ -137,6 +137,7 @@ pub fn run(args: ExecArgs) -> i32 {
         timeout_ms: Some(args.timeout.as_millis() as u64),
         stdin: None,
         artifacts: Default::default(),
+        network: None,
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

@@ -132,6 +132,7 @@ fn request(inst: &Instance, unpack_inputs: bool) -> RunRequest {
             unpack_inputs,
             outputs,
         },
+        network: None,
     }
 }
 

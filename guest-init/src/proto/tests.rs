@@ -21,6 +21,7 @@ fn sample_request() -> RunRequest {
             unpack_inputs: true,
             outputs: vec!["out/*.txt".into()],
         },
+        network: None,
     }
 }
 
