@@ -9,9 +9,11 @@
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod dns;
 mod pins;
 pub mod policy;
 
+pub use dns::{DnsError, DnsQuery};
 pub use policy::{
     classify, normalize_name, AddressClass, ConnectDecision, DenyReason, EgressPolicy, Grant,
     PinOutcome, PinSet, PolicyRule, RuleHost, MAX_PINS,
