@@ -12,9 +12,11 @@ mod address;
 pub mod dns;
 mod pins;
 pub mod policy;
+pub mod sniff;
 
 pub use dns::{DnsError, DnsQuery};
 pub use policy::{
     classify, normalize_name, AddressClass, ConnectDecision, DenyReason, EgressPolicy, Grant,
     PinOutcome, PinSet, PolicyRule, RuleHost, MAX_PINS,
 };
+pub use sniff::{sniff, Sniff, SNIFF_LIMIT};
