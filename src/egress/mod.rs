@@ -10,11 +10,13 @@
 
 mod address;
 pub mod dns;
+pub mod events;
 mod pins;
 pub mod policy;
 pub mod sniff;
 
 pub use dns::{DnsError, DnsQuery};
+pub use events::{EgressEvent, EgressEventKind, EventCounts, EventLog, EventLogParts};
 pub use policy::{
     classify, normalize_name, AddressClass, ConnectDecision, DenyReason, EgressPolicy, Grant,
     PinOutcome, PinSet, PolicyRule, RuleHost, MAX_PINS,
