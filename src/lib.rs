@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod assets;
 pub mod cli;
+pub mod egress;
 pub mod errors;
 pub mod host;
 pub mod jail;
