@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod broker;
 pub mod dns;
 pub mod events;
 mod pins;
