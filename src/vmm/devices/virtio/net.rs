@@ -241,12 +241,15 @@ impl Net {
         // Chains the driver publishes while we work come with their own
         // notification, so stopping after twice the queue size loses
         // nothing for a sane driver and bounds how long a guest that keeps
-        // publishing can hold this vCPU exit.
-        let budget = 2 * usize::from(ctx.queue(TRANSMITQ)?.size());
-        for _ in 0..budget {
+        // publishing can hold this vCPU exit. Chains the walker rejected
+        // count too, or a guest could make each pop walk a ring of junk.
+        let budget = 2 * u64::from(ctx.queue(TRANSMITQ)?.size());
+        let mut handled = 0u64;
+        while handled + ctx.rejected_chains() < budget {
             let Some(chain) = ctx.pop_chain(TRANSMITQ)? else {
                 break;
             };
+            handled += 1;
             match self.read_frame(mem, &chain) {
                 Ok(len) => {
                     self.backend.transmit(&self.tx_frame[..len]);
@@ -312,8 +315,8 @@ fn write_packet(
         });
     }
     let mut header = [0u8; NET_HDR_LEN];
-    // Without MRG_RXBUF every packet is one buffer, and the driver checks
-    // that it says so.
+    // Without MRG_RXBUF every packet is one buffer, and the spec requires
+    // num_buffers to say so.
     header[HDR_NUM_BUFFERS..].copy_from_slice(&1u16.to_le_bytes());
     chain.write_at(mem, 0, &header)?;
     chain.write_at(mem, NET_HDR_LEN as u64, frame)?;
