@@ -17,10 +17,10 @@
 //!
 //! A receive chain that cannot take the frame (too small, or with
 //! device-readable descriptors) is given back to the guest with length 0
-//! and the frame is dropped ([`RxOutcome::Dropped`]): one frame costs at
-//! most one chain, so a guest posting bad buffers loses its own traffic
-//! but cannot make a push walk its whole ring. The Linux driver counts such
-//! a buffer as a length error and posts a new one.
+//! and the frame is dropped ([`RxOutcome::Dropped`]): a frame is offered to
+//! one chain only, so a guest posting bad buffers loses its own traffic and
+//! a push never searches the ring for a buffer that fits. The Linux driver
+//! counts such a buffer as a length error and posts a new one.
 
 use std::any::Any;
 
@@ -137,8 +137,8 @@ pub struct NetState {
 pub struct NetCounters {
     /// Frames handed to the backend.
     pub tx_frames: u64,
-    /// Transmit chains dropped: wrong length, writable buffers, or
-    /// unreadable memory.
+    /// Transmit chains dropped: malformed, wrong length, writable buffers,
+    /// or unreadable memory.
     pub tx_dropped: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
@@ -211,22 +211,23 @@ impl Net {
                 return RxOutcome::NotReady;
             }
         };
-        let (used, outcome) = match write_packet(ctx.mem(), &chain, frame) {
-            Ok(used) => {
-                self.counters.rx_frames += 1;
-                (used, RxOutcome::Delivered)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "dropping host frame: bad receive buffer");
-                self.counters.rx_dropped += 1;
-                (0, RxOutcome::Dropped)
-            }
-        };
+        let written = write_packet(ctx.mem(), &chain, frame);
+        let used = *written.as_ref().unwrap_or(&0);
         if let Err(err) = ctx.add_used(RECEIVEQ, chain.head(), used) {
             self.broken(ctx, err);
             return RxOutcome::NotReady;
         }
-        outcome
+        match written {
+            Ok(_) => {
+                self.counters.rx_frames += 1;
+                RxOutcome::Delivered
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "dropping host frame: bad receive buffer");
+                self.counters.rx_dropped += 1;
+                RxOutcome::Dropped
+            }
+        }
     }
 
     /// Stops touching the queues until the driver resets the device.
@@ -262,6 +263,9 @@ impl Net {
             }
             ctx.add_used(TRANSMITQ, chain.head(), 0)?;
         }
+        // Chains the walker refused were frames too; this context is this
+        // call's alone, so its count is exactly theirs.
+        self.counters.tx_dropped += ctx.rejected_chains();
         Ok(())
     }
 

@@ -368,6 +368,22 @@ fn net_rejects_writable_transmit_descriptors_without_breaking() {
 }
 
 #[test]
+fn net_transmit_gives_back_a_ring_of_malformed_chains_and_carries_on() {
+    let mut f = net();
+    // Zero-length descriptors: the walker refuses every one of them.
+    for _ in 0..RING_SIZE {
+        f.tx.push_chain(&f.mem, &[(TX_BUF, 0, false)]);
+    }
+    mmio_write(&mut f.t, reg::QUEUE_NOTIFY, 1);
+    assert_eq!(f.tx.take_used(&f.mem).len(), usize::from(RING_SIZE));
+    assert_eq!(f.counters().tx_dropped, u64::from(RING_SIZE));
+    assert!(!f.needs_reset());
+    let data = frame(60, 1);
+    f.send(&packet(&data), &[]);
+    assert_eq!(f.transmitted(), vec![data]);
+}
+
+#[test]
 fn net_receive_writes_header_and_frame_across_two_descriptors() {
     let mut f = net();
     // The header straddles the descriptor boundary.
