@@ -160,7 +160,7 @@ pub struct MmioTransportState {
 /// The core puts it on the MMIO bus (it implements [`BusDevice`]) and shares
 /// it as `Arc<Mutex<MmioTransport>>` with threads that feed host-side input;
 /// those reach the concrete device through [`Self::with_device`] (or the
-/// console shortcuts in [`super::console`]).
+/// console and net shortcuts in [`super::console`] and [`super::net`]).
 pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: EventFd,

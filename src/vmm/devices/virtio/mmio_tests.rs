@@ -84,7 +84,7 @@ impl VirtioDevice for TestDevice {
                 self.restored = Some(s.pending.clone());
                 Ok(())
             }
-            DeviceState::Block(_) => Err(VirtioError::StateTypeMismatch),
+            DeviceState::Block(_) | DeviceState::Net(_) => Err(VirtioError::StateTypeMismatch),
         }
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -1,5 +1,5 @@
 //! Virtio devices for the guest: the split virtqueue, the virtio-mmio
-//! (version 2) transport, and the block and console devices behind it.
+//! (version 2) transport, and the block, console and net devices behind it.
 //!
 //! Ownership: the transport owns guest memory and the queues; a device owns
 //! only its backend and its own state. When the transport hands work to a
@@ -19,6 +19,14 @@
 //! // Event thread: read at most console_input_capacity() bytes, then
 //! let accepted = con.lock()?.console_push_input(&buf[..n])?; // == n
 //!
+//! let nic = Net::new(mac, Box::new(stack_port)); // stack_port: impl NetBackend
+//! let net = Arc::new(Mutex::new(MmioTransport::new(mem, irqfd3, Box::new(nic))));
+//! // Network stack thread, per frame for the guest:
+//! match net.lock()?.net_push_frame(&frame)? {
+//!     RxOutcome::NoBuffer => { /* hold it until rx_buffers_available() */ }
+//!     RxOutcome::Delivered | RxOutcome::Dropped | RxOutcome::NotReady => {}
+//! }
+//!
 //! // Snapshot (vCPUs paused): transport.save()?; restore with a freshly
 //! // built device: MmioTransport::restore(mem, irqfd, Box::new(dev), &state)?
 //! ```
@@ -26,6 +34,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 #[cfg(test)]
 mod testutil;
@@ -37,10 +46,13 @@ use serde::{Deserialize, Serialize};
 pub use block::{Block, BlockError, BlockState};
 pub use console::{Console, ConsoleError, ConsoleState, ControlState};
 pub use mmio::{MmioError, MmioTransport, MmioTransportState};
+pub use net::{Net, NetBackend, NetCounters, NetError, NetState, RxOutcome};
 pub use queue::{DescriptorChain, Queue, QueueContext, QueueError, QueueState};
 
 /// Virtio device ids (virtio 1.x, section 5).
 pub mod device_type {
+    /// Network device.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Console device.
@@ -110,6 +122,8 @@ pub enum DeviceState {
     Block(BlockState),
     /// A virtio-console device.
     Console(ConsoleState),
+    /// A virtio-net device.
+    Net(NetState),
 }
 
 /// A virtio device as seen by the transport.
