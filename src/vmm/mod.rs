@@ -4,6 +4,7 @@ pub mod api;
 pub mod boot;
 pub mod devices;
 pub mod layout;
+pub mod net;
 pub mod runtime;
 pub mod snapshot;
 pub mod vstate;
