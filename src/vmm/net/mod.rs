@@ -108,3 +108,8 @@ pub enum NetInput {
     /// Stop the thread.
     Shutdown,
 }
+
+#[cfg(test)]
+mod loopback_tests;
+#[cfg(test)]
+mod test_guest;
