@@ -44,9 +44,12 @@ fn server(response: Vec<u8>) -> (u16, JoinHandle<Vec<u8>>) {
             .expect("timeout");
         let mut seen = Vec::new();
         let mut buf = [0; 4096];
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        // A request ending in "\r\n\r\n" is answered at once, anything
+        // else once the guest's FIN arrives.
+        while !seen.ends_with(b"\r\n\r\n") {
             match conn.read(&mut buf) {
-                Ok(0) | Err(_) => return seen,
+                Ok(0) => break,
+                Err(_) => return seen,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
             }
         }
@@ -302,4 +305,41 @@ fn frames_the_guest_refused_are_delivered_after_rx_space() {
     let now = h.now;
     h.stack.handle(NetInput::RxSpace, now);
     assert_eq!(rcode(&h.answer(q)), 5);
+}
+
+#[test]
+fn guest_half_close_reaches_the_server_and_the_answer_still_comes_back() {
+    let (port, server) = server(b"done".to_vec());
+    let loopback = RuleHost::Cidr {
+        addr: LOCALHOST,
+        prefix: 32,
+    };
+    let mut h = Harness::new(allow(&[loopback]), &[]);
+    let sock = h.tcp_connect(Ipv4Addr::LOCALHOST, port, 4096);
+    h.run_until(500, |h| h.tcp(sock).may_send());
+    h.tcp(sock).send_slice(b"upload").expect("send");
+    h.tcp(sock).close();
+    let got = read_to_end(&mut h, sock, 5000);
+    assert_eq!(got, b"done");
+    assert_eq!(server.join().expect("server"), b"upload");
+    h.run_until(500, |h| h.stack.connection_count() == 0);
+}
+
+#[test]
+fn other_protocol_to_a_site_allowed_by_name_is_reset() {
+    let (port, server) = server(Vec::new());
+    let mut h = Harness::new(
+        allow(&[domain("svc.test")]),
+        &[("svc.test", &[LOCALHOST], true)],
+    );
+    let q = h.send_query(GATEWAY_IP, 6, "svc.test", TYPE_A);
+    h.answer(q);
+    let sock = h.tcp_connect(Ipv4Addr::LOCALHOST, port, 4096);
+    h.run_until(500, |h| h.tcp(sock).may_send());
+    h.tcp(sock)
+        .send_slice(b"SSH-2.0-OpenSSH_9.2\r\n")
+        .expect("send");
+    h.run_until(500, |h| h.tcp(sock).state() == tcp::State::Closed);
+    assert_eq!(h.log().kinds(), [EgressEventKind::ProtocolDropped]);
+    assert_eq!(server.join().expect("server"), b"");
 }

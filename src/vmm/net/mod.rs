@@ -113,3 +113,5 @@ pub enum NetInput {
 mod loopback_tests;
 #[cfg(test)]
 mod test_guest;
+#[cfg(test)]
+mod thread_tests;

@@ -294,3 +294,45 @@ pub(super) fn a_records(answer: &[u8], query_len: usize) -> Vec<Ipv4Addr> {
         .map(|r| Ipv4Addr::new(r[12], r[13], r[14], r[15]))
         .collect()
 }
+
+/// A UDP frame from the guest to `dst:dst_port`, built by hand for tests
+/// that bypass the guest interface.
+pub(super) fn guest_udp_frame(dst: Ipv4Addr, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
+        UdpRepr,
+    };
+    let checksums = ChecksumCapabilities::default();
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let mut frame = vec![0; 14 + 20 + ip.payload_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress(super::GATEWAY_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &checksums);
+    let mut udp = UdpPacket::new_unchecked(packet.payload_mut());
+    UdpRepr {
+        src_port: 5353,
+        dst_port,
+    }
+    .emit(
+        &mut udp,
+        &IpAddress::Ipv4(GUEST_IP),
+        &IpAddress::Ipv4(dst),
+        payload.len(),
+        |buf| buf.copy_from_slice(payload),
+        &checksums,
+    );
+    frame
+}
