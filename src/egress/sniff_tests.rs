@@ -475,6 +475,27 @@ proptest! {
     }
 
     #[test]
+    fn a_decision_on_a_prefix_stands_when_more_bytes_arrive(
+        data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..512),
+            "(GET|CONNECT) [ -~\r\n]{0,200}".prop_map(String::into_bytes),
+            (0..CURL_HELLO.len(), any::<u8>(), 0..=CURL_HELLO.len()).prop_map(|(at, b, cut)| {
+                let mut d = CURL_HELLO.to_vec();
+                d[at] = b;
+                d.truncate(cut);
+                d
+            }),
+        ],
+        split in any::<prop::sample::Index>(),
+    ) {
+        let cut = split.index(data.len() + 1);
+        let early = sniff(&data[..cut]);
+        if early != Sniff::NeedMore {
+            prop_assert_eq!(early, sniff(&data));
+        }
+    }
+
+    #[test]
     fn sniff_decides_once_the_limit_is_reached(
         data in proptest::collection::vec(any::<u8>(), SNIFF_LIMIT..SNIFF_LIMIT + 16),
     ) {
