@@ -9,6 +9,13 @@
 //! receive buffer straight into the upstream socket and from the upstream
 //! socket straight into its send buffer, so a slow side stalls the other
 //! through TCP's window instead of filling memory.
+//!
+//! A connection allowed only because an allowed name resolved to its
+//! address must start with a TLS ClientHello or an HTTP/1.x request naming
+//! an allowed site pinned to that address; anything else is reset. So
+//! protocols other than TLS and HTTP (SSH, databases, ...) need an IP or
+//! CIDR rule. The upstream's bytes are not read before the check either,
+//! so a server that speaks first just waits.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -120,9 +127,12 @@ enum Outcome {
 
 impl Open {
     fn interest(&self, sock: &tcp::Socket<'_>) -> Interest {
+        // A socket that is done waits for the reap, not for the upstream:
+        // polling for it would only spin on stale readiness.
+        let live = self.checked && sock.is_active();
         Interest {
-            readable: self.checked && !self.upstream_eof && sock.can_send(),
-            writable: self.checked && sock.recv_queue() > 0,
+            readable: live && !self.upstream_eof && sock.can_send(),
+            writable: live && sock.recv_queue() > 0,
         }
     }
 

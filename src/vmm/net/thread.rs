@@ -36,11 +36,13 @@ pub fn spawn(
 /// Runs the stack until [`NetInput::Shutdown`] arrives or every sender of
 /// `inbox` is gone. Whoever sends on `inbox` writes `wake` afterwards.
 ///
-/// Syscalls in the loop: poll, read (eventfd), read/write/shutdown/close
-/// on the upstream sockets (`close` when a connection ends or an accepted
-/// socket arrives unused), fcntl (making a received socket non-blocking),
-/// clock_gettime (vDSO, normally no syscall), and mmap/munmap/brk/madvise
-/// from the allocator.
+/// Syscalls in the loop, for the thread's seccomp filter: `poll` (glibc
+/// may use `ppoll`), `read` on the eventfd, `recvfrom`/`sendto` (std's
+/// read and write on a `TcpStream`), `shutdown` and `close` on upstream
+/// sockets, `ioctl(FIONBIO)` (std's `set_nonblocking` on a received
+/// socket), `clock_gettime` (vDSO, normally no syscall), `futex` (the
+/// channel), and `mmap`/`munmap`/`mremap`/`brk`/`madvise` from the
+/// allocator. Writing the eventfd is the senders' business.
 pub fn run_net_thread(
     mut stack: NetStack,
     inbox: Receiver<NetInput>,
