@@ -33,7 +33,7 @@ fn report_schema_rejects_an_unknown_verdict() {
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
     let step = serde_json::json!({
         "name": "a", "step": "a", "verdict": "passed", "allow_failure": false,
-        "attempts": [], "artifacts": [], "egress": [], "logs": {},
+        "attempts": [], "artifacts": [], "egress": {"policy": "none", "events": []}, "logs": {},
         "timings": {"queued_ms": 0, "vm_acquire_ms": 0, "inputs_ms": 0,
                     "run_ms": 0, "outputs_ms": 0, "total_ms": 0}
     });

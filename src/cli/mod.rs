@@ -107,13 +107,20 @@ fn init_tracing() {
 
 fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
     use crate::jail::ThreadKind;
-    use crate::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD};
+    use crate::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
     let adopt = |fd| crate::jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
-    match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD)) {
-        (Ok(control), Ok(guest)) => match selftest {
-            None => crate::vmm::runtime::run(control, guest),
+    let net =
+        crate::jail::adopt_inherited_fd(CHILD_NET_FD).map(std::os::unix::net::UnixDatagram::from);
+    match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD), net) {
+        (Ok(control), Ok(guest), Ok(net)) => match selftest {
+            None => crate::vmm::runtime::run(crate::vmm::runtime::Channels {
+                control,
+                guest,
+                net,
+            }),
             Some(args) => {
                 drop(guest);
+                drop(net);
                 let kind = if args.vcpu {
                     ThreadKind::Vcpu
                 } else {
@@ -122,7 +129,7 @@ fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
                 crate::vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
             }
         },
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("sbxrun __vmm is started by sbxrun itself: {e}");
             EXIT_INFRA
         }

@@ -38,6 +38,16 @@ pub struct Args {
     /// capped by the concurrency).
     #[arg(long)]
     pub warm: Option<usize>,
+    /// Answer DNS for NAME with these addresses instead of asking the
+    /// host's resolver, like curl's `--resolve`. The step's policy must
+    /// still allow NAME; the addresses may be private or loopback, since
+    /// you named them. Repeatable.
+    #[arg(long, value_name = "NAME=IP[,IP...]", value_parser = parse_resolve)]
+    pub resolve: Vec<(String, Vec<std::net::IpAddr>)>,
+}
+
+fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> {
+    crate::egress::broker::parse_override(text)
 }
 
 /// Runs the command; returns the exit code.
@@ -108,6 +118,7 @@ pub fn run(args: Args) -> i32 {
             warm,
         },
         console,
+        resolve: args.resolve.iter().cloned().collect(),
     };
     let console = Console::new(verbosity, args.log_format);
     match runner::run(&job, plan, opts) {

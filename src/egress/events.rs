@@ -54,6 +54,18 @@ pub enum EgressEventKind {
 }
 
 impl EgressEventKind {
+    /// The kind as it is spelled in reports (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressEventKind::DnsRefused => "dns-refused",
+            EgressEventKind::DnsRebindingDropped => "dns-rebinding-dropped",
+            EgressEventKind::ConnectDenied => "connect-denied",
+            EgressEventKind::ServerNameMismatch => "server-name-mismatch",
+            EgressEventKind::ProtocolDropped => "protocol-dropped",
+            EgressEventKind::BrokerFailed => "broker-failed",
+        }
+    }
+
     /// Every kind, in declaration order.
     pub const ALL: [EgressEventKind; 6] = [
         EgressEventKind::DnsRefused,
@@ -390,5 +402,13 @@ mod tests {
         let json = serde_json::to_value(log.counts()).expect("serialize");
         assert_eq!(json["dns-rebinding-dropped"], 1);
         assert_eq!(json["broker-failed"], 0);
+    }
+
+    #[test]
+    fn kind_names_match_their_serde_spelling() {
+        for kind in EgressEventKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
     }
 }

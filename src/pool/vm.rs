@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -16,11 +16,14 @@ use crate::jail::{CgroupLimits, VmCgroup};
 use crate::vmm::api::{
     read_frame, write_frame, FrameError, VmConfig, VmExit, VmmEvent, VmmRequest,
 };
+use crate::vmm::netchan;
 
 /// Descriptor numbers of the two channels in the child.
 pub const CHILD_CONTROL_FD: i32 = 3;
 /// See [`CHILD_CONTROL_FD`].
 pub const CHILD_GUEST_FD: i32 = 4;
+/// The egress broker channel (seqpacket, carries descriptors) in the child.
+pub const CHILD_NET_FD: i32 = 5;
 
 /// Errors starting or talking to a VMM process.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,8 @@ pub struct VmHandle {
     pub jail_us: u64,
     control: UnixStream,
     guest: UnixStream,
+    /// The runner's end of the egress broker channel, until a step takes it.
+    net: Option<UnixDatagram>,
     events: Receiver<VmEvent>,
     exit: Option<VmExit>,
     /// VMM-side setup time reported at start.
@@ -121,6 +126,7 @@ impl VmHandle {
         }
         let (control, child_control) = UnixStream::pair().map_err(VmHandleError::Channels)?;
         let (guest, child_guest) = UnixStream::pair().map_err(VmHandleError::Channels)?;
+        let (net, child_net) = netchan::pair().map_err(VmHandleError::Channels)?;
         let exe = vmm_executable();
         let mut cmd = Command::new(&exe);
         cmd.args(args)
@@ -135,6 +141,10 @@ impl VmHandle {
             FdMapping {
                 parent_fd: OwnedFd::from(child_guest),
                 child_fd: CHILD_GUEST_FD,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(child_net),
+                child_fd: CHILD_NET_FD,
             },
         ])
         .map_err(|_| VmHandleError::Channels(std::io::Error::other("descriptor collision")))?;
@@ -158,6 +168,7 @@ impl VmHandle {
             jail_us: 0,
             control,
             guest,
+            net: Some(net),
             events,
             exit: None,
             setup_us: 0,
@@ -222,6 +233,12 @@ impl VmHandle {
     /// Sends a request to the VMM.
     pub fn request(&mut self, request: &VmmRequest) -> Result<(), VmHandleError> {
         write_frame(&mut self.control, request).map_err(VmHandleError::Control)
+    }
+
+    /// The egress broker channel to this VM's network stack, for the one
+    /// step the VM serves; `None` once taken.
+    pub fn take_net_channel(&mut self) -> Option<UnixDatagram> {
+        self.net.take()
     }
 
     /// Sends raw protocol bytes to guest-init.

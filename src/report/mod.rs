@@ -12,7 +12,7 @@ mod write;
 pub use logs::{LineSink, StepLog, Stream, TAIL_LINES};
 pub use mask::{mask_str, Masker, MASK};
 pub use model::{
-    report_schema, Attempt, EgressEvent, FileDigest, HostInfo, JobInfo, LogPaths, Report,
-    RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,
+    report_schema, Attempt, EgressEvent, EgressReport, FileDigest, HostInfo, JobInfo, LogPaths,
+    Report, RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,
 };
 pub use write::atomic_write;

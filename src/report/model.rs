@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::artifacts::FileDigest;
 
 /// Version of the report format; bumped on incompatible change.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 /// How a step instance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -119,11 +119,81 @@ pub struct Attempt {
     pub timings: Timings,
 }
 
-/// A network egress event (denied connection attempts and the like).
+/// A network egress event: something the step's policy denied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EgressEvent {
+    /// Milliseconds since the step's network was set up.
+    pub at_ms: u64,
+    /// `dns-refused`, `dns-rebinding-dropped`, `connect-denied`,
+    /// `server-name-mismatch`, `protocol-dropped` or `broker-failed`.
     pub kind: String,
+    /// The DNS name, TLS server name or HTTP Host involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     pub detail: String,
+}
+
+impl From<&crate::egress::EgressEvent> for EgressEvent {
+    fn from(e: &crate::egress::EgressEvent) -> Self {
+        EgressEvent {
+            at_ms: e.at_ms,
+            kind: e.kind.as_str().to_owned(),
+            name: e.name.clone(),
+            ip: e.ip.map(|ip| ip.to_string()),
+            port: e.port,
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// A step's network: its policy and what it denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EgressReport {
+    /// `none`, `public` or `allow`.
+    pub policy: String,
+    /// Denials by kind, counting every one (kept in `events` or not).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub denied: BTreeMap<String, u64>,
+    /// The first denials, in order.
+    pub events: Vec<EgressEvent>,
+    /// Denials not kept in `events` (the list is capped).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events_not_kept: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl EgressReport {
+    /// The report of a step's policy and the broker's event log.
+    pub fn new(policy: &crate::egress::EgressPolicy, log: &crate::egress::EventLog) -> Self {
+        let counts = log.counts();
+        EgressReport {
+            policy: match policy {
+                crate::egress::EgressPolicy::None => "none",
+                crate::egress::EgressPolicy::Public => "public",
+                crate::egress::EgressPolicy::Allow(_) => "allow",
+            }
+            .to_owned(),
+            denied: crate::egress::EgressEventKind::ALL
+                .iter()
+                .filter(|k| counts.get(**k) > 0)
+                .map(|k| (k.as_str().to_owned(), counts.get(*k)))
+                .collect(),
+            events: log.events().iter().map(EgressEvent::from).collect(),
+            events_not_kept: log.dropped(),
+        }
+    }
+
+    /// Every denial, kept or not.
+    pub fn total_denied(&self) -> u64 {
+        self.denied.values().sum()
+    }
 }
 
 /// Paths of a step's logs, relative to the run directory.
@@ -168,8 +238,8 @@ pub struct StepReport {
     /// Declared outputs that matched nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_outputs: Vec<String>,
-    /// Egress events (denied attempts).
-    pub egress: Vec<EgressEvent>,
+    /// The network policy and what it denied (last attempt).
+    pub egress: EgressReport,
     pub logs: LogPaths,
 }
 

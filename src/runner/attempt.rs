@@ -15,12 +15,14 @@ use super::kill::KillSlot;
 use super::pools::Pools;
 use super::verdict::{judge, oom_evidence, Ended, Observed};
 use crate::artifacts::{self, InputItem, OutputLimits};
+use crate::egress::broker::{Broker, BrokerConfig, Overrides, CONNECT_TIMEOUT};
+use crate::egress::EgressPolicy;
 use crate::manifest::{output_covers, User};
 use crate::plan::{Command, Instance, Plan, PlannedInput};
 use crate::pool::{session, OutputStream, RunError};
 use crate::report::console::Console;
 use crate::report::junit::Tails;
-use crate::report::{Attempt, FileDigest, StepLog, Stream, Timings, Usage, Verdict};
+use crate::report::{Attempt, EgressReport, FileDigest, StepLog, Stream, Timings, Usage, Verdict};
 
 /// uid/gid of the guest's unprivileged step user.
 const STEP_UID: u64 = 1000;
@@ -35,6 +37,8 @@ pub struct RunShared {
     pub secret_values: Vec<String>,
     /// Set when the run is being cancelled.
     pub cancelled: AtomicBool,
+    /// `--resolve name=ip` overrides for the egress broker.
+    pub resolve: Arc<Overrides>,
 }
 
 /// What an attempt produced.
@@ -45,6 +49,7 @@ pub struct AttemptResult {
     pub missing_outputs: Vec<String>,
     pub tails: Tails,
     pub has_console: bool,
+    pub egress: EgressReport,
 }
 
 /// A file-system-friendly name for an instance (`test[case=a]` is fine on
@@ -150,6 +155,7 @@ fn failed_early(verdict: Verdict, message: String, timings: Timings) -> AttemptR
         missing_outputs: Vec::new(),
         tails: Tails::default(),
         has_console: false,
+        egress: EgressReport::default(),
     }
 }
 
@@ -247,7 +253,18 @@ pub fn run_attempt(
             shared.console.line(&iname, stream == Stream::Err, line);
         }));
     }
-    let req = request(inst, !items.is_empty());
+    let mut req = request(inst, !items.is_empty());
+    let policy = EgressPolicy::from_manifest(&inst.settings.egress);
+    let broker = match start_broker(shared, &mut lease.vm, &policy) {
+        Ok(broker) => broker,
+        Err(m) => {
+            slot.clear();
+            return failed_early(Verdict::Infra, m, timings);
+        }
+    };
+    if broker.is_some() {
+        req.network = Some(network_setup());
+    }
     let timeout = inst.settings.timeout.0;
     // Room for guest-side packing of the outputs after the command.
     let host_timeout = timeout + Duration::from_secs(30) + timeout / 10;
@@ -265,6 +282,8 @@ pub fn run_attempt(
     });
     timings.run_ms = ms(t.elapsed());
     log.finish();
+    let egress_log = broker.map(Broker::finish).unwrap_or_default();
+    let egress = EgressReport::new(&policy, &egress_log);
 
     let console_src = lease.console_log.clone();
     let console = console_src.as_deref().map(console_tail).unwrap_or_default();
@@ -356,5 +375,41 @@ pub fn run_attempt(
         missing_outputs: missing,
         tails,
         has_console,
+        egress,
+    }
+}
+
+/// Starts the step's egress broker on the VM's broker channel, unless the
+/// step has no network (then the VMM keeps its default: deny everything,
+/// and the guest's interface stays down).
+fn start_broker(
+    shared: &RunShared,
+    vm: &mut crate::pool::vm::VmHandle,
+    policy: &EgressPolicy,
+) -> Result<Option<Broker>, String> {
+    if *policy == EgressPolicy::None {
+        return Ok(None);
+    }
+    let sock = vm
+        .take_net_channel()
+        .ok_or("the VM's network channel was already used")?;
+    let config = BrokerConfig {
+        policy: policy.clone(),
+        overrides: shared.resolve.clone(),
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    Broker::start(sock, config)
+        .map(Some)
+        .map_err(|e| format!("cannot start the egress broker: {e}"))
+}
+
+/// The guest side of the VMM's network, as guest-init configures it.
+fn network_setup() -> guest_init::proto::NetworkSetup {
+    use crate::vmm::net::{GATEWAY_IP, GUEST_IP, PREFIX_LEN};
+    guest_init::proto::NetworkSetup {
+        address: GUEST_IP,
+        prefix_len: PREFIX_LEN,
+        gateway: GATEWAY_IP,
+        dns: GATEWAY_IP,
     }
 }

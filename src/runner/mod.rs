@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// Pools and assets.
     pub pools: PoolBase,
     pub console: Console,
+    /// `--resolve` overrides for the steps' egress brokers.
+    pub resolve: crate::egress::broker::Overrides,
 }
 
 /// The end of a run.
@@ -232,6 +234,7 @@ pub fn run(job: &Job, plan: Plan, opts: RunOptions) -> Result<RunSummary, Runner
         console: opts.console,
         secret_values,
         cancelled: AtomicBool::new(false),
+        resolve: Arc::new(opts.resolve),
     });
     let base = Report {
         version: REPORT_VERSION,
@@ -308,7 +311,7 @@ mod tests {
             usage: None,
             artifacts: Vec::new(),
             missing_outputs: Vec::new(),
-            egress: Vec::new(),
+            egress: Default::default(),
             logs: LogPaths::default(),
         }
     }

@@ -78,7 +78,7 @@ fn empty_report(shared: &RunShared, id: InstanceId) -> StepReport {
         usage: None,
         artifacts: Vec::new(),
         missing_outputs: Vec::new(),
-        egress: Vec::new(),
+        egress: Default::default(),
         logs: LogPaths::default(),
     }
 }
@@ -222,6 +222,7 @@ impl Scheduler {
         st.report.usage = r.usage;
         st.report.artifacts = r.artifacts;
         st.report.missing_outputs = r.missing_outputs;
+        st.report.egress = r.egress;
         let fname = super::attempt::file_name(&inst.name);
         if verdict != Verdict::Cancelled || r.usage.is_some() {
             st.report.logs.output = Some(run_dir_logs(&format!("{fname}.log")));

@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -23,14 +23,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::api::{read_frame, write_frame, SnapshotFiles, VmConfig, VmExit, VmmEvent, VmmRequest};
 use super::boot::{self, cmdline};
-use super::devices::attach::{VirtioSet, VirtioSetState};
+use super::devices::attach::{DeviceBackends, VirtioSet, VirtioSetState};
 use super::devices::bus::MmioBus;
 use super::devices::legacy::serial::{ConsoleTranscript, SerialConsole, SerialSnapshot};
 use super::layout::*;
+use super::net::NetStack;
+use super::netwire::{spawn_broker_reader, ChannelBroker, DeviceBackend, NetInbox, TransportPort};
 use super::snapshot;
 use super::vstate::memory::{create_guest_memory, dump_sparse, map_snapshot};
 use super::vstate::persist::{self, VcpuState, VmState};
@@ -132,15 +135,39 @@ impl ExitHandler for Platform {
     }
 }
 
-/// Runs a VMM process on the two channels from the runner; returns the exit
+/// The runner's channels to one VMM process.
+pub struct Channels {
+    /// Control frames both ways.
+    pub control: UnixStream,
+    /// The guest's byte stream (virtio-console).
+    pub guest: UnixStream,
+    /// Egress broker requests and replies, with descriptors.
+    pub net: UnixDatagram,
+}
+
+/// Runs a VMM process on the channels from the runner; returns the exit
 /// code for the process.
-pub fn run(mut ctl: UnixStream, guest: UnixStream) -> i32 {
+pub fn run(channels: Channels) -> i32 {
+    let Channels {
+        control: mut ctl,
+        guest,
+        net,
+    } = channels;
     let started = Instant::now();
     let result = read_config(&mut ctl).and_then(|config| match enter_jail(&config)? {
         JailEntry::Relay(relay) => Ok(Err(relay)),
-        JailEntry::Vmm(jail) => run_vm(&mut ctl, guest, config, jail, started).map(Ok),
+        JailEntry::Vmm(jail) => {
+            let io = VmIo { guest, net };
+            run_vm(&mut ctl, io, config, jail, started).map(Ok)
+        }
     });
     finish(ctl, result)
+}
+
+/// The guest-facing channels a VM is built around.
+struct VmIo {
+    guest: UnixStream,
+    net: UnixDatagram,
 }
 
 fn read_config(ctl: &mut UnixStream) -> Result<VmConfig, RuntimeError> {
@@ -322,10 +349,15 @@ fn open_console_log(config: &VmConfig) -> Result<Option<Box<dyn Write + Send>>, 
 
 /// Builds a VM, opening every host file it needs before any guest code runs
 /// (so the process can be jailed without a filesystem).
-fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
+fn build(config: &VmConfig, guest: &UnixStream, inbox: &NetInbox) -> Result<Built, RuntimeError> {
     let console_log = open_console_log(config)?;
     let transcript = Arc::new(Mutex::new(ConsoleTranscript::default()));
-    let guest_out = Box::new(guest.try_clone().map_err(RuntimeError::Thread)?);
+    let backends = || -> Result<DeviceBackends, RuntimeError> {
+        Ok(DeviceBackends {
+            guest_out: Box::new(guest.try_clone().map_err(RuntimeError::Thread)?),
+            net: Box::new(DeviceBackend::new(inbox.clone())),
+        })
+    };
     let mut bus = MmioBus::default();
     let vcpus = config.vcpus.max(1);
 
@@ -335,7 +367,7 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
             let vm = Vm::new(&memory)?;
             let serial =
                 SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
-            let virtio = VirtioSet::new(&vm, &memory, &config.disks, guest_out, &mut bus)?;
+            let virtio = VirtioSet::new(&vm, &memory, &config.disks, backends()?, &mut bus)?;
             let cmdline =
                 cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
             let entry = boot::load_pvh(&memory, &config.kernel, &config.initramfs, &cmdline)?;
@@ -385,7 +417,7 @@ fn build(config: &VmConfig, guest: &UnixStream) -> Result<Built, RuntimeError> {
                 &vm,
                 &memory,
                 &config.disks,
-                guest_out,
+                backends()?,
                 &mut bus,
                 &state.virtio,
             )?;
@@ -430,11 +462,16 @@ fn open_snapshot_target(config: &VmConfig) -> Result<Option<SnapshotTarget>, Run
 
 fn run_vm(
     ctl: &mut UnixStream,
-    guest: UnixStream,
+    io: VmIo,
     config: VmConfig,
     jail: Option<VmJail>,
     started: Instant,
 ) -> Result<VmmEvent, RuntimeError> {
+    let VmIo { guest, net } = io;
+    let (net_tx, net_rx) = mpsc::channel();
+    let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(RuntimeError::Thread)?;
+    let thread_wake = wake.try_clone().map_err(RuntimeError::Thread)?;
+    let inbox = NetInbox::new(net_tx, Arc::new(wake));
     let Built {
         vm,
         memory,
@@ -443,7 +480,7 @@ fn run_vm(
         virtio,
         transcript,
         cmdline,
-    } = build(&config, &guest)?;
+    } = build(&config, &guest, &inbox)?;
     let snapshot_target = open_snapshot_target(&config)?;
     register_signal_handler(kick_signal(), on_kick).map_err(|e| RuntimeError::Thread(e.into()))?;
     let jailed = jail.is_some();
@@ -489,6 +526,15 @@ fn run_vm(
     virtio
         .spawn_input_pump(guest)
         .map_err(RuntimeError::Thread)?;
+    let stack = NetStack::new(
+        Box::new(TransportPort::new(virtio.net())),
+        Box::new(ChannelBroker::new(
+            net.try_clone().map_err(RuntimeError::Thread)?,
+        )),
+        Instant::now(),
+    );
+    super::net::spawn(stack, net_rx, thread_wake).map_err(RuntimeError::Thread)?;
+    spawn_broker_reader(net, inbox).map_err(RuntimeError::Thread)?;
     spawn_control_reader(ctl.try_clone().map_err(RuntimeError::Thread)?, done_tx)?;
 
     write_frame(

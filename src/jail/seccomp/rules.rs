@@ -108,6 +108,20 @@ const VMM_ONLY: &[(i64, &str)] = &[
         libc::SYS_ioctl,
         "KVM state for a snapshot (listed requests only)",
     ),
+    (
+        libc::SYS_poll,
+        "the network thread waiting for frames and sockets",
+    ),
+    (libc::SYS_ppoll, "the network thread waiting (glibc's poll)"),
+    (
+        libc::SYS_recvmsg,
+        "broker replies and the sockets attached to them",
+    ),
+    (libc::SYS_sendmsg, "broker requests"),
+    (
+        libc::SYS_shutdown,
+        "half-closing a guest connection's upstream socket",
+    ),
 ];
 
 /// Only vCPU threads.

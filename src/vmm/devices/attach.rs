@@ -13,7 +13,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::bus::MmioBus;
 use super::virtio::{
-    Block, BlockError, Console, MmioError, MmioTransport, MmioTransportState, VirtioDevice,
+    Block, BlockError, Console, MmioError, MmioTransport, MmioTransportState, Net, NetBackend,
+    VirtioDevice,
 };
 use crate::vmm::api::DiskConfig;
 use crate::vmm::layout::{virtio_irq, virtio_mmio_base, MAX_VIRTIO_DEVICES, MMIO_WINDOW};
@@ -34,7 +35,7 @@ pub enum AttachError {
         #[source]
         source: BlockError,
     },
-    #[error("{0} disks is more than the {max} a VM can have", max = MAX_VIRTIO_DEVICES - 1)]
+    #[error("{0} disks is more than the {max} a VM can have", max = MAX_VIRTIO_DEVICES - 2)]
     TooManyDisks(usize),
     #[error("interrupt for a virtio device")]
     Irq(#[from] VmError),
@@ -61,7 +62,16 @@ pub struct VirtioSetState {
 /// The VM's virtio devices.
 pub struct VirtioSet {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    net: Arc<Mutex<MmioTransport>>,
     console: Arc<Mutex<MmioTransport>>,
+}
+
+/// What the guest-facing devices are connected to on the host side.
+pub struct DeviceBackends {
+    /// Receives what the guest writes to the control console.
+    pub guest_out: Box<dyn Write + Send>,
+    /// Receives the frames the guest sends on its network interface.
+    pub net: Box<dyn NetBackend>,
 }
 
 fn open_disk(disk: &DiskConfig) -> Result<Block, AttachError> {
@@ -79,16 +89,15 @@ fn open_disk(disk: &DiskConfig) -> Result<Block, AttachError> {
 }
 
 impl VirtioSet {
-    /// Creates and attaches fresh devices. `guest_out` receives what the
-    /// guest writes to the control console.
+    /// Creates and attaches fresh devices.
     pub fn new(
         vm: &Vm,
         memory: &GuestMemoryMmap,
         disks: &[DiskConfig],
-        guest_out: Box<dyn Write + Send>,
+        backends: DeviceBackends,
         bus: &mut MmioBus,
     ) -> Result<Self, AttachError> {
-        Self::build(vm, memory, disks, guest_out, bus, None)
+        Self::build(vm, memory, disks, backends, bus, None)
     }
 
     /// Recreates the devices from a snapshot, around the same backends.
@@ -96,29 +105,34 @@ impl VirtioSet {
         vm: &Vm,
         memory: &GuestMemoryMmap,
         disks: &[DiskConfig],
-        guest_out: Box<dyn Write + Send>,
+        backends: DeviceBackends,
         bus: &mut MmioBus,
         state: &VirtioSetState,
     ) -> Result<Self, AttachError> {
-        Self::build(vm, memory, disks, guest_out, bus, Some(state))
+        Self::build(vm, memory, disks, backends, bus, Some(state))
     }
 
     fn build(
         vm: &Vm,
         memory: &GuestMemoryMmap,
         disks: &[DiskConfig],
-        guest_out: Box<dyn Write + Send>,
+        backends: DeviceBackends,
         bus: &mut MmioBus,
         state: Option<&VirtioSetState>,
     ) -> Result<Self, AttachError> {
-        if disks.len() >= MAX_VIRTIO_DEVICES {
+        // The disks, the network device and the console each take a window.
+        if disks.len() + 2 > MAX_VIRTIO_DEVICES {
             return Err(AttachError::TooManyDisks(disks.len()));
         }
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(disks.len() + 1);
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(disks.len() + 2);
         for disk in disks {
             devices.push(Box::new(open_disk(disk)?));
         }
-        devices.push(Box::new(Console::new(guest_out)));
+        // Every VM has the network device, so one snapshot serves steps
+        // with and without egress; without it the guest's link stays down.
+        let net_index = devices.len();
+        devices.push(Box::new(Net::new(crate::vmm::net::GUEST_MAC, backends.net)));
+        devices.push(Box::new(Console::new(backends.guest_out)));
         if let Some(state) = state {
             if state.devices.len() != devices.len() {
                 return Err(AttachError::DeviceCount {
@@ -142,14 +156,25 @@ impl VirtioSet {
             bus.insert(virtio_mmio_base(index), MMIO_WINDOW, transport.clone())?;
             transports.push(transport);
         }
+        let missing = AttachError::DeviceCount {
+            saved: 0,
+            actual: 0,
+        };
+        let net = transports.get(net_index).cloned().ok_or(missing)?;
         let console = transports.last().cloned().ok_or(AttachError::DeviceCount {
             saved: 0,
             actual: 0,
         })?;
         Ok(VirtioSet {
             transports,
+            net,
             console,
         })
+    }
+
+    /// The network device's transport, for pushing frames to the guest.
+    pub fn net(&self) -> Arc<Mutex<MmioTransport>> {
+        self.net.clone()
     }
 
     /// How many virtio-mmio windows the guest must be told about.

@@ -93,6 +93,9 @@ struct Conn {
     /// The allowed names that made the address reachable; `None` when an
     /// address rule did and the bytes are not inspected.
     names: Option<Vec<String>>,
+    /// Where the connection really goes: the guest's destination, or the
+    /// real address behind a mapped one.
+    upstream: IpAddr,
     state: State,
 }
 
@@ -199,7 +202,7 @@ impl Open {
         };
         let event = |kind, detail: String| {
             EgressEvent::new(check.at_ms, kind, detail)
-                .with_ip(IpAddr::V4(key.ip))
+                .with_ip(check.upstream)
                 .with_port(key.port)
         };
         let claimed = match sniff(first) {
@@ -226,16 +229,15 @@ impl Open {
                     format!(
                         "neither TLS nor HTTP to {}, which is reachable only through a name \
                          ({}); other protocols need an IP or CIDR rule",
-                        key.ip,
+                        check.upstream,
                         names.join(", ")
                     ),
                 )))
             }
         };
-        let ip = IpAddr::V4(key.ip);
         if check
             .policy
-            .allows_server_name(&claimed, ip, key.port, check.pins)
+            .allows_server_name(&claimed, check.upstream, key.port, check.pins)
         {
             self.checked = true;
             return Outcome::Keep;
@@ -245,7 +247,7 @@ impl Open {
                 EgressEventKind::ServerNameMismatch,
                 format!(
                     "the connection names {claimed}, but {} was resolved for {}",
-                    key.ip,
+                    check.upstream,
                     names.join(", ")
                 ),
             )
@@ -301,6 +303,7 @@ impl Open {
 /// What the server-name check needs besides the connection.
 struct NameCheck<'a> {
     names: Option<&'a [String]>,
+    upstream: IpAddr,
     policy: &'a EgressPolicy,
     pins: &'a PinSet,
     at_ms: u64,
@@ -320,7 +323,7 @@ fn abort_io(check: &NameCheck<'_>, key: ConnKey, what: &str, e: &io::Error) -> O
             EgressEventKind::BrokerFailed,
             format!("{what} failed: {e}"),
         )
-        .with_ip(IpAddr::V4(key.ip))
+        .with_ip(check.upstream)
         .with_port(key.port),
     ))
 }
@@ -337,7 +340,17 @@ impl NetStack {
             }
             return;
         }
-        let ip = IpAddr::V4(key.ip);
+        let ip = match self.upstream_of(key.ip) {
+            Ok(ip) => ip,
+            Err(detail) => {
+                let event =
+                    EgressEvent::new(self.at_ms(now), EgressEventKind::ConnectDenied, detail)
+                        .with_ip(IpAddr::V4(key.ip))
+                        .with_port(key.port);
+                self.event(event);
+                return self.feed_smoltcp(frame, now);
+            }
+        };
         let denied = |stack: &Self, kind, detail: &str| {
             EgressEvent::new(stack.at_ms(now), kind, detail)
                 .with_ip(ip)
@@ -380,9 +393,23 @@ impl NetStack {
             key,
             Conn {
                 names,
+                upstream: ip,
                 state: State::Connecting { syn: frame },
             },
         );
+    }
+
+    /// The real destination of a guest connection to `dst`: itself, or
+    /// the address behind a mapped one. Mapped addresses nobody handed out
+    /// lead nowhere.
+    fn upstream_of(&self, dst: Ipv4Addr) -> Result<IpAddr, &'static str> {
+        if !super::mapped::in_range(dst) {
+            return Ok(IpAddr::V4(dst));
+        }
+        self.mapped
+            .lookup(dst)
+            .and_then(|m| m.real.first().copied())
+            .ok_or("no name was resolved to this address")
     }
 
     /// The broker's answer to a connect.
@@ -403,13 +430,10 @@ impl NetStack {
             self.conns.by_key.insert(key, conn);
             return;
         };
-        let stream = result.and_then(|stream| {
-            stream
-                .set_nonblocking(true)
-                .map(|()| stream)
-                .map_err(|e| format!("making the socket non-blocking: {e}"))
-        });
-        let stream = match stream {
+        // The broker hands over sockets already non-blocking (O_NONBLOCK
+        // lives on the open file, so it crossed with the descriptor); this
+        // thread's seccomp filter has no ioctl(FIONBIO) to set it again.
+        let stream = match result {
             Ok(stream) => stream,
             Err(error) => {
                 let event = EgressEvent::new(
@@ -441,6 +465,7 @@ impl NetStack {
             key,
             Conn {
                 names: conn.names,
+                upstream: conn.upstream,
                 state: State::Open(Open {
                     handle,
                     stream,
@@ -464,6 +489,7 @@ impl NetStack {
             };
             let check = NameCheck {
                 names: conn.names.as_deref(),
+                upstream: conn.upstream,
                 policy: &self.policy,
                 pins: &self.pins,
                 at_ms,

@@ -26,6 +26,7 @@ use crate::egress::{DnsQuery, EgressEvent, EgressEventKind};
 const MAX_PENDING_QUERIES: usize = 64;
 /// TTL of the answers: short, since every connect is checked anyway.
 const ANSWER_TTL: u32 = 60;
+const TOO_MANY_NAMES: &str = "too many names resolved in this step";
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 const HOP_LIMIT: u8 = 64;
@@ -59,14 +60,14 @@ impl NetStack {
             }
         };
         if !self.policy.allows_name(&query.name) {
-            let event = EgressEvent::new(
-                self.at_ms(now),
-                EgressEventKind::DnsRefused,
+            let reply = wire_dns::refused(&query);
+            self.refuse(
+                client,
+                &query,
+                &reply,
                 "the policy does not allow this name",
-            )
-            .with_name(query.name.as_str());
-            self.event(event);
-            self.answer(client, &wire_dns::refused(&query));
+                now,
+            );
             return;
         }
         // Only A records are resolved: the guest has no IPv6 route, and
@@ -132,30 +133,43 @@ impl NetStack {
             self.event(event);
         }
         if outcome.full {
-            let event = EgressEvent::new(
-                self.at_ms(now),
-                EgressEventKind::DnsRefused,
-                "too many names resolved in this step",
-            )
-            .with_name(query.name.as_str());
-            self.event(event);
-            self.answer(client, &wire_dns::servfail(&query));
+            let reply = wire_dns::servfail(&query);
+            self.refuse(client, &query, &reply, TOO_MANY_NAMES, now);
             return;
         }
-        let v4: Vec<Ipv4Addr> = outcome
+        let v4: Vec<IpAddr> = outcome
             .pinned
             .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
+            .filter(|ip| ip.is_ipv4())
+            .copied()
             .collect();
-        let reply = if v4.is_empty() {
-            wire_dns::empty_answer(&query)
-        } else {
-            wire_dns::answer_a(&query, &v4, ANSWER_TTL)
+        if v4.is_empty() {
+            self.answer(client, &wire_dns::empty_answer(&query));
+            return;
+        }
+        // The guest gets the name's own mapped address, never the real one
+        // (see `mapped`).
+        let Some(addr) = self.mapped.map(&query.name, &v4) else {
+            let reply = wire_dns::servfail(&query);
+            self.refuse(client, &query, &reply, TOO_MANY_NAMES, now);
+            return;
         };
-        self.answer(client, &reply);
+        self.answer(client, &wire_dns::answer_a(&query, &[addr], ANSWER_TTL));
+    }
+
+    /// Answers `reply` and records why the name was refused.
+    fn refuse(
+        &mut self,
+        client: DnsClient,
+        query: &DnsQuery,
+        reply: &[u8],
+        why: &str,
+        now: Instant,
+    ) {
+        let event = EgressEvent::new(self.at_ms(now), EgressEventKind::DnsRefused, why)
+            .with_name(query.name.as_str());
+        self.event(event);
+        self.answer(client, reply);
     }
 
     /// Sends a DNS message from the gateway's port 53 to `client`.

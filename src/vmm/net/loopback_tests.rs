@@ -77,8 +77,11 @@ fn read_to_end(h: &mut Harness, sock: smoltcp::iface::SocketHandle, max_steps: u
     got
 }
 
+/// The first address the gateway maps a name to.
+const FIRST_MAPPED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
 #[test]
-fn dns_a_for_allowed_name_answers_the_resolved_address() {
+fn dns_a_for_allowed_name_answers_its_mapped_address() {
     let public = [IpAddr::V4(PUBLIC)];
     let mut h = Harness::new(
         allow(&[domain("svc.test")]),
@@ -89,7 +92,8 @@ fn dns_a_for_allowed_name_answers_the_resolved_address() {
     let query_len = dns_query(7, "svc.test", TYPE_A).len();
     assert_eq!(answer[..2], 7u16.to_be_bytes());
     assert_eq!(rcode(&answer), 0);
-    assert_eq!(a_records(&answer, query_len), [PUBLIC]);
+    // The guest sees the name's mapped address, never the real one.
+    assert_eq!(a_records(&answer, query_len), [FIRST_MAPPED]);
     assert_eq!(h.log().resolves, ["svc.test"]);
     assert!(h.log().events.is_empty());
 }
@@ -130,8 +134,13 @@ fn dns_answer_drops_private_addresses_of_an_untrusted_name() {
     let sock = h.send_query(GATEWAY_IP, 10, "svc.test", TYPE_A);
     let answer = h.answer(sock);
     let query_len = dns_query(10, "svc.test", TYPE_A).len();
-    assert_eq!(a_records(&answer, query_len), [PUBLIC]);
+    assert_eq!(a_records(&answer, query_len), [FIRST_MAPPED]);
     assert_eq!(h.log().kinds(), [EgressEventKind::DnsRebindingDropped]);
+    // Only the public address is behind it.
+    assert_eq!(
+        h.stack.mapped.lookup(FIRST_MAPPED).unwrap().real,
+        [IpAddr::V4(PUBLIC)]
+    );
 }
 
 #[test]
@@ -179,9 +188,11 @@ fn http_through_an_allowed_name_reaches_the_server_byte_exact() {
     let q = h.send_query(GATEWAY_IP, 1, "svc.test", TYPE_A);
     let answer = h.answer(q);
     let query_len = dns_query(1, "svc.test", TYPE_A).len();
-    assert_eq!(a_records(&answer, query_len), [Ipv4Addr::LOCALHOST]);
+    // A real guest would reach its own loopback at 127.0.0.1: the mapped
+    // address is what makes an operator's `--resolve name=127.0.0.1` work.
+    assert_eq!(a_records(&answer, query_len), [FIRST_MAPPED]);
 
-    let sock = h.tcp_connect(Ipv4Addr::LOCALHOST, port, 64 * 1024);
+    let sock = h.tcp_connect(FIRST_MAPPED, port, 64 * 1024);
     h.run_until(500, |h| h.tcp(sock).may_send());
     let request = b"GET / HTTP/1.1\r\nHost: svc.test\r\n\r\n";
     h.tcp(sock).send_slice(request).expect("send");

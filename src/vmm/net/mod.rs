@@ -21,6 +21,7 @@
 mod conn;
 mod device;
 mod dns;
+mod mapped;
 mod stack;
 mod thread;
 

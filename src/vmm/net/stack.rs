@@ -23,6 +23,7 @@ use smoltcp::wire::{
 use super::conn::{ConnKey, Conns};
 use super::device::{FrameQueues, ETHERNET_HEADER_LEN};
 use super::dns::{DnsClient, DnsWait};
+use super::mapped::MappedAddrs;
 use super::{BrokerClient, BrokerReply, GuestPort, NetInput, DNS_PORT, GATEWAY_IP, GATEWAY_MAC};
 use super::{GUEST_IP, PREFIX_LEN};
 use crate::egress::{EgressEvent, EgressEventKind, EgressPolicy, PinSet};
@@ -44,6 +45,8 @@ pub struct NetStack {
     pub(super) dns: HashMap<u64, DnsWait>,
     pub(super) policy: EgressPolicy,
     pub(super) pins: PinSet,
+    /// The guest-facing address of every resolved name.
+    pub(super) mapped: MappedAddrs,
     pub(super) step_started: Instant,
     /// smoltcp's clock starts here.
     epoch: Instant,
@@ -100,6 +103,7 @@ impl NetStack {
             dns: HashMap::new(),
             policy: EgressPolicy::None,
             pins: PinSet::new(),
+            mapped: MappedAddrs::with_capacity(crate::egress::MAX_PINS),
             step_started: now,
             epoch: now,
             next_id: 1,

@@ -58,6 +58,7 @@ impl BrokerClient for TestBroker {
     fn connect(&mut self, id: u64, ip: IpAddr, port: u16, names: &[String]) {
         lock(&self.log).connects.push((ip, port, names.to_vec()));
         let result = TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(5))
+            .and_then(|stream| stream.set_nonblocking(true).map(|()| stream))
             .map_err(|e| e.to_string());
         let _ = self
             .replies

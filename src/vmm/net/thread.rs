@@ -39,8 +39,7 @@ pub fn spawn(
 /// Syscalls in the loop, for the thread's seccomp filter: `poll` (glibc
 /// may use `ppoll`), `read` on the eventfd, `recvfrom`/`sendto` (std's
 /// read and write on a `TcpStream`), `shutdown` and `close` on upstream
-/// sockets, `ioctl(FIONBIO)` (std's `set_nonblocking` on a received
-/// socket), `clock_gettime` (vDSO, normally no syscall), `futex` (the
+/// sockets, `clock_gettime` (vDSO, normally no syscall), `futex` (the
 /// channel), and `mmap`/`munmap`/`mremap`/`brk`/`madvise` from the
 /// allocator. Writing the eventfd is the senders' business.
 pub fn run_net_thread(

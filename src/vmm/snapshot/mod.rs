@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"SBXSNAP\0";
 /// Bumped for any change an older reader cannot understand.
-pub const FORMAT_MAJOR: u16 = 2;
+pub const FORMAT_MAJOR: u16 = 3;
 /// Bumped for compatible additions.
 pub const FORMAT_MINOR: u16 = 0;
 /// Largest payload we deserialize.
