@@ -1,18 +1,20 @@
 //! The network egress policy of a step: `none`, `public`, or an allow-list
 //! of domains (`pypi.org`), wildcard domains (`*.pythonhosted.org`), IPs and
-//! CIDRs, each with an optional port (`10.1.2.3/32:5432`, `[::1]:443`).
+//! CIDRs, each with an optional port (`10.1.2.3/32:5432`, `[::1]:443`);
+//! and what a denial does to the step's verdict (`on_violation`).
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::de::Spanned;
 use super::error::did_you_mean;
 
-/// A step's egress policy.
+/// A step's egress policy: what it may reach.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Egress {
     /// No network at all (the default).
@@ -239,74 +241,169 @@ impl schemars::JsonSchema for EgressRule {
     }
 }
 
-/// The map form: `{ allow: [...] }`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllowList {
-    allow: Vec<Spanned<EgressRule>>,
+/// What a step's egress denials mean for its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Denials are reported, the verdict stands (the default).
+    #[default]
+    Record,
+    /// A step that passed but had a denial fails.
+    Fail,
 }
 
-impl Serialize for Egress {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            Egress::None => s.serialize_str("none"),
-            Egress::Public => s.serialize_str("public"),
-            Egress::Allow(rules) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("allow", rules)?;
-                m.end()
-            }
-        }
+/// A step's (or the job's default) `egress` setting, as written. Either
+/// part may be left out; each falls back to `defaults.egress` on its own,
+/// so a job-wide `on_violation: fail` survives a step that widens its
+/// allow-list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EgressSetting {
+    /// What the step may reach.
+    pub policy: Option<Egress>,
+    /// What a denial does to the verdict.
+    pub on_violation: Option<OnViolation>,
+}
+
+/// The names of the policies that have one (`egress: none`,
+/// `policy: public`).
+const NAMED: [&str; 2] = ["none", "public"];
+
+/// `none` or `public`, with a near-miss suggestion for anything else.
+fn named_policy<E: de::Error>(s: &str) -> Result<Egress, E> {
+    match s {
+        "none" => Ok(Egress::None),
+        "public" => Ok(Egress::Public),
+        other => Err(match did_you_mean(other, NAMED) {
+            Some(m) => E::custom(format_args!(
+                "unknown egress policy `{other}`; did you mean `{m}`?"
+            )),
+            None => E::custom(format_args!(
+                "unknown egress policy `{other}`; expected `none`, `public` or `{{ allow: [...] }}`"
+            )),
+        }),
     }
 }
 
-impl<'de> Deserialize<'de> for Egress {
+/// The value of `policy:` in the map form: only the named policies, since
+/// an allow-list is written with `allow:`.
+struct Named(Egress);
+
+impl<'de> Deserialize<'de> for Named {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Named;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`none` or `public`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Named, E> {
+                named_policy(s).map(Named)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The map form: `{ allow: [...], on_violation: fail }` or
+/// `{ policy: public, on_violation: fail }`. Derived, so unknown keys get
+/// the manifest's did-you-mean diagnostic.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressMap {
+    #[serde(default)]
+    allow: Option<Vec<Spanned<EgressRule>>>,
+    #[serde(default)]
+    policy: Option<Named>,
+    #[serde(default)]
+    on_violation: Option<OnViolation>,
+}
+
+impl Serialize for EgressSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // The short string form whenever it says everything, so the model
+        // of `egress: public` reads as written.
+        match (&self.policy, self.on_violation) {
+            (Some(Egress::None), None) => return s.serialize_str("none"),
+            (Some(Egress::Public), None) => return s.serialize_str("public"),
+            _ => {}
+        }
+        let mut m = s.serialize_map(None)?;
+        match &self.policy {
+            Some(Egress::Allow(rules)) => m.serialize_entry("allow", rules)?,
+            Some(Egress::None) => m.serialize_entry("policy", "none")?,
+            Some(Egress::Public) => m.serialize_entry("policy", "public")?,
+            None => {}
+        }
+        if let Some(v) = self.on_violation {
+            m.serialize_entry("on_violation", &v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for EgressSetting {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Egress;
+            type Value = EgressSetting;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("`none`, `public` or `{ allow: [...] }`")
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Egress, E> {
-                match s {
-                    "none" => Ok(Egress::None),
-                    "public" => Ok(Egress::Public),
-                    other => Err(match did_you_mean(other, ["none", "public"]) {
-                        Some(m) => E::custom(format_args!(
-                            "unknown egress policy `{other}`; did you mean `{m}`?"
-                        )),
-                        None => E::custom(format_args!(
-                            "unknown egress policy `{other}`; expected `none`, `public` or `{{ allow: [...] }}`"
-                        )),
-                    }),
-                }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EgressSetting, E> {
+                Ok(EgressSetting {
+                    policy: Some(named_policy(s)?),
+                    on_violation: None,
+                })
             }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Egress, A::Error> {
-                let list = AllowList::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Egress::Allow(list.allow))
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<EgressSetting, A::Error> {
+                let m = EgressMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let policy = match (m.allow, m.policy) {
+                    (Some(_), Some(_)) => {
+                        return Err(de::Error::custom(
+                            "`allow` and `policy` cannot both be set; an allow-list is a policy of its own, so keep either `allow` or `policy`",
+                        ))
+                    }
+                    (Some(rules), None) => Some(Egress::Allow(rules)),
+                    (None, Some(Named(p))) => Some(p),
+                    (None, None) => None,
+                };
+                if policy.is_none() && m.on_violation.is_none() {
+                    return Err(de::Error::custom(
+                        "the egress map sets nothing; give `allow`, `policy` or `on_violation`",
+                    ));
+                }
+                Ok(EgressSetting {
+                    policy,
+                    on_violation: m.on_violation,
+                })
             }
         }
         d.deserialize_any(V)
     }
 }
 
-impl schemars::JsonSchema for Egress {
+impl JsonSchema for EgressSetting {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Egress".into()
     }
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let rule = g.subschema_for::<EgressRule>();
+        let on_violation = g.subschema_for::<OnViolation>();
         schemars::json_schema!({
-            "description": "Network egress: `none` (default), `public`, or `{ allow: [...] }`.",
+            "description": "Network egress: `none` (default), `public`, or a map: `{ allow: [...] }` or `{ policy: none|public }`, optionally with `on_violation: record|fail` (what a denied attempt does to a step that passed). Each part left out falls back to `defaults.egress`.",
             "oneOf": [
-                { "type": "string", "enum": ["none", "public"] },
+                { "type": "string", "enum": NAMED },
                 {
                     "type": "object",
-                    "properties": { "allow": { "type": "array", "items": rule } },
-                    "required": ["allow"],
+                    "properties": {
+                        "allow": { "type": "array", "items": rule },
+                        "policy": { "type": "string", "enum": NAMED },
+                        "on_violation": on_violation,
+                    },
                     "additionalProperties": false,
+                    "minProperties": 1,
+                    "not": { "required": ["allow", "policy"] },
                 },
             ],
         })
@@ -367,6 +464,117 @@ mod tests {
                 "10.0.0.0/8".into()
             ))
         );
+    }
+
+    fn load(syntax: super::super::Syntax, text: &str) -> super::super::Job {
+        let src = super::super::SourceFile::new("t", text.to_owned(), ".".into(), syntax);
+        match super::super::load_source(src) {
+            Ok(job) => job,
+            Err(e) => panic!("{}", super::super::render(&e, true)),
+        }
+    }
+
+    fn problem(text: &str) -> String {
+        let src = super::super::SourceFile::new(
+            "t",
+            text.to_owned(),
+            ".".into(),
+            super::super::Syntax::Yaml,
+        );
+        match super::super::load_source(src) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e
+                .problems()
+                .iter()
+                .map(|p| format!("{p} / {:?}", p.help))
+                .collect(),
+        }
+    }
+
+    fn settings(job: &super::super::Job, step: &str) -> super::super::Settings {
+        match job.step(step) {
+            Some(s) => job.settings(s),
+            None => panic!("no step {step}"),
+        }
+    }
+
+    #[test]
+    fn on_violation_is_read_from_both_map_forms_and_defaults_to_record() {
+        let job = load(
+            super::super::Syntax::Yaml,
+            "name: j\nsteps:\n  a: { run: x, egress: { allow: [pypi.org], on_violation: fail } }\n  \
+             b: { run: x, egress: { policy: public, on_violation: fail } }\n  \
+             c: { run: x, egress: public }\n",
+        );
+        let a = settings(&job, "a");
+        assert!(matches!(a.egress, Egress::Allow(ref r) if r.len() == 1));
+        assert_eq!(a.on_violation, OnViolation::Fail);
+        let b = settings(&job, "b");
+        assert_eq!(
+            (b.egress, b.on_violation),
+            (Egress::Public, OnViolation::Fail)
+        );
+        let c = settings(&job, "c");
+        assert_eq!(
+            (c.egress, c.on_violation),
+            (Egress::Public, OnViolation::Record)
+        );
+    }
+
+    #[test]
+    fn policy_and_on_violation_fall_back_to_defaults_each_on_its_own() {
+        let job = load(
+            super::super::Syntax::Yaml,
+            "name: j\ndefaults: { egress: { allow: [pypi.org], on_violation: fail } }\nsteps:\n  \
+             widen: { run: x, egress: public }\n  \
+             lenient: { run: x, egress: { on_violation: record } }\n  \
+             plain: { run: x }\n",
+        );
+        let widen = settings(&job, "widen");
+        assert_eq!(
+            (widen.egress, widen.on_violation),
+            (Egress::Public, OnViolation::Fail)
+        );
+        let lenient = settings(&job, "lenient");
+        assert!(matches!(lenient.egress, Egress::Allow(_)));
+        assert_eq!(lenient.on_violation, OnViolation::Record);
+        assert_eq!(settings(&job, "plain").on_violation, OnViolation::Fail);
+    }
+
+    #[test]
+    fn kdl_on_violation_gives_the_same_model_as_yaml() {
+        let yaml = load(
+            super::super::Syntax::Yaml,
+            "name: j\nsteps:\n  a: { run: x, egress: { allow: [pypi.org], on_violation: fail } }\n",
+        );
+        let kdl = load(
+            super::super::Syntax::Kdl,
+            "name j\nstep a {\n  run x\n  egress {\n    allow \"pypi.org\"\n    on-violation fail\n  }\n}\n",
+        );
+        assert_eq!(yaml.to_json(), kdl.to_json());
+        assert_eq!(
+            yaml.to_json()["steps"]["a"]["egress"],
+            serde_json::json!({ "allow": ["pypi.org"], "on_violation": "fail" })
+        );
+    }
+
+    #[test]
+    fn bad_on_violation_values_and_shapes_are_diagnosed() {
+        let p = problem(
+            "name: j\nsteps:\n  a: { run: x, egress: { policy: public, on_violation: fial } }\n",
+        );
+        assert!(
+            p.contains("unknown value `fial`") && p.contains("did you mean `fail`?"),
+            "{p}"
+        );
+        let p = problem("name: j\nsteps:\n  a: { run: x, egress: { policy: publik } }\n");
+        assert!(p.contains("did you mean `public`?"), "{p}");
+        let p = problem(
+            "name: j\nsteps:\n  a: { run: x, egress: { allow: [a.org], policy: public } }\n",
+        );
+        assert!(p.contains("cannot both be set"), "{p}");
+        let p = problem("name: j\nsteps:\n  a: { run: x, egress: {} }\n");
+        assert!(p.contains("sets nothing"), "{p}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use de::Spanned;
-pub use egress::{Egress, EgressError, EgressRule, HostPattern};
+pub use egress::{Egress, EgressError, EgressRule, EgressSetting, HostPattern, OnViolation};
 pub use error::{did_you_mean, render, ManifestError, Problem, ProblemData, Problems};
 pub use interpolate::{expressions, substitute, Expr};
 pub use model::{

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::de::Spanned;
-use super::egress::Egress;
+use super::egress::EgressSetting;
 use super::source::SourceFile;
 use super::units::{ByteSize, Duration};
 
@@ -58,9 +58,10 @@ pub struct Defaults {
     /// VM size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
-    /// Network egress policy (default: none).
+    /// Network egress policy (default: none) and what a denial does
+    /// (default: recorded only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Egress>,
+    pub egress: Option<EgressSetting>,
     /// In-guest limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
@@ -139,9 +140,10 @@ pub struct Step {
     /// When the step runs, given how its dependencies ended.
     #[serde(default, rename = "if", skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
-    /// Network egress policy (overrides `defaults.egress`).
+    /// Network egress policy and what a denial does (each overrides
+    /// `defaults.egress` on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Egress>,
+    pub egress: Option<EgressSetting>,
     /// A JUnit XML file the step writes, merged into the job's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub junit: Option<Spanned<String>>,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::egress::Egress;
+use super::egress::{Egress, OnViolation};
 use super::model::{Job, Step, User};
 use super::units::{ByteSize, Duration};
 
@@ -35,6 +35,8 @@ pub struct Settings {
     pub disk: ByteSize,
     /// Network policy.
     pub egress: Egress,
+    /// What an egress denial does to a step that passed.
+    pub on_violation: OnViolation,
     /// The user the step runs as.
     pub user: User,
     /// Retries after a failed attempt.
@@ -90,8 +92,15 @@ impl Job {
             disk: ByteSize(res(|r| r.disk.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI)),
             egress: step
                 .egress
-                .clone()
-                .or_else(|| d.egress.clone())
+                .as_ref()
+                .and_then(|e| e.policy.clone())
+                .or_else(|| d.egress.as_ref().and_then(|e| e.policy.clone()))
+                .unwrap_or_default(),
+            on_violation: step
+                .egress
+                .as_ref()
+                .and_then(|e| e.on_violation)
+                .or_else(|| d.egress.as_ref().and_then(|e| e.on_violation))
                 .unwrap_or_default(),
             user: step.user.or(d.user).unwrap_or_default(),
             retries: step

@@ -13,7 +13,7 @@ use guest_init::proto::{
 
 use super::kill::KillSlot;
 use super::pools::Pools;
-use super::verdict::{judge, oom_evidence, Ended, Observed};
+use super::verdict::{enforce_egress, judge, oom_evidence, Ended, Observed};
 use crate::artifacts::{self, InputItem, OutputLimits};
 use crate::egress::broker::{Broker, BrokerConfig, Overrides, CONNECT_TIMEOUT};
 use crate::egress::EgressPolicy;
@@ -302,7 +302,7 @@ pub fn run_attempt(
         oom_in_console: oom_evidence(&console),
         timeout_secs: timeout.as_secs(),
     };
-    let mut judged = judge(&observed);
+    let mut judged = enforce_egress(judge(&observed), inst.settings.on_violation, &egress);
 
     let t = Instant::now();
     let mut digests = Vec::new();

@@ -3,8 +3,8 @@
 
 use guest_init::proto::{ExitStatus, Exited};
 
-use crate::manifest::RetryOn;
-use crate::report::Verdict;
+use crate::manifest::{OnViolation, RetryOn};
+use crate::report::{EgressReport, Verdict};
 
 /// Retries an infrastructure fault gets even when the step asks for none.
 pub const MIN_INFRA_RETRIES: u32 = 1;
@@ -118,6 +118,31 @@ pub fn judge(o: &Observed) -> Judged {
     }
 }
 
+/// Applies the step's `on_violation` rule: under `fail`, an attempt that
+/// passed but had an egress denial fails. Any other verdict already says
+/// what went wrong first, so it stands; the denials are in the report
+/// either way.
+pub fn enforce_egress(judged: Judged, on_violation: OnViolation, egress: &EgressReport) -> Judged {
+    let total = egress.total_denied();
+    if on_violation != OnViolation::Fail || judged.verdict != Verdict::Passed || total == 0 {
+        return judged;
+    }
+    let kinds = egress
+        .denied
+        .iter()
+        .map(|(kind, n)| format!("{kind}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let denials = if total == 1 { "denial" } else { "denials" };
+    Judged {
+        verdict: Verdict::Failed,
+        message: Some(format!(
+            "egress policy violated: {total} {denials} ({kinds}); see the report's egress section"
+        )),
+        ..judged
+    }
+}
+
 /// Whether attempt number `attempt` (1-based) that ended in `verdict` is
 /// followed by another.
 pub fn should_retry(verdict: Verdict, attempt: u32, retries: u32, retry_on: &[RetryOn]) -> bool {
@@ -193,6 +218,62 @@ mod tests {
         assert_eq!(judge(&o).verdict, Verdict::Ole);
         o.cancelled = true;
         assert_eq!(judge(&o).verdict, Verdict::Cancelled);
+    }
+
+    fn passed() -> Judged {
+        judge(&obs(exited(ExitStatus::Code(0), false)))
+    }
+
+    fn denied(kinds: &[(&str, u64)]) -> EgressReport {
+        EgressReport {
+            policy: "allow".into(),
+            denied: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            ..EgressReport::default()
+        }
+    }
+
+    #[test]
+    fn on_violation_fail_fails_a_passed_step_that_had_denials() {
+        let egress = denied(&[("dns-refused", 1), ("connect-denied", 2)]);
+        let j = enforce_egress(passed(), OnViolation::Fail, &egress);
+        assert_eq!(j.verdict, Verdict::Failed);
+        assert_eq!(j.exit_code, Some(0));
+        assert_eq!(
+            j.message.as_deref(),
+            Some(
+                "egress policy violated: 3 denials (connect-denied: 2, dns-refused: 1); \
+                 see the report's egress section"
+            )
+        );
+        let one = enforce_egress(
+            passed(),
+            OnViolation::Fail,
+            &denied(&[("protocol-dropped", 1)]),
+        );
+        assert!(one
+            .message
+            .is_some_and(|m| m.starts_with("egress policy violated: 1 denial (")));
+    }
+
+    #[test]
+    fn on_violation_leaves_other_verdicts_record_and_clean_runs_alone() {
+        let egress = denied(&[("connect-denied", 2)]);
+        for o in [
+            obs(exited(ExitStatus::Code(3), false)),
+            obs(exited(ExitStatus::Signal(9), true)),
+            obs(Ended::Broken("vm exited".into())),
+        ] {
+            let j = judge(&o);
+            assert_eq!(enforce_egress(j.clone(), OnViolation::Fail, &egress), j);
+        }
+        assert_eq!(
+            enforce_egress(passed(), OnViolation::Record, &egress),
+            passed()
+        );
+        assert_eq!(
+            enforce_egress(passed(), OnViolation::Fail, &EgressReport::default()),
+            passed()
+        );
     }
 
     #[test]
