@@ -1,6 +1,10 @@
 //! `junit.xml`: one testsuite per job, one testcase per step instance, plus
 //! the testcases of JUnit files the steps produced. Infrastructure faults
 //! are errors, every other failure a failure, skips carry their reason.
+//!
+//! A step's egress section goes into its testcase as `key=value` lines at
+//! the top of `system-out` (see [`egress_properties`]): junit-report 0.9
+//! has no testcase `<properties>`.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +12,7 @@ use std::path::Path;
 use junit_report::{Report as JUnit, TestCase, TestSuite};
 use serde::Deserialize;
 
-use super::model::{Report, StepReport, Verdict};
+use super::model::{EgressReport, Report, StepReport, Verdict};
 
 /// Errors of JUnit handling.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,48 @@ fn step_case(job: &str, manifest: &str, s: &StepReport) -> TestCase {
     case
 }
 
+/// A step's egress section as properties: `egress.policy`,
+/// `egress.denied.<kind>` for each kind denied, and
+/// `egress.events_not_kept` when the event list was capped. Empty when the
+/// step had no network and nothing was denied (or never ran), so most
+/// testcases stay as they were.
+pub fn egress_properties(e: &EgressReport) -> Vec<(String, String)> {
+    let networked = !e.policy.is_empty() && e.policy != "none";
+    if !networked && e.total_denied() == 0 {
+        return Vec::new();
+    }
+    let mut props = vec![("egress.policy".to_owned(), e.policy.clone())];
+    props.extend(
+        e.denied
+            .iter()
+            .map(|(kind, n)| (format!("egress.denied.{kind}"), n.to_string())),
+    );
+    if e.events_not_kept > 0 {
+        props.push((
+            "egress.events_not_kept".to_owned(),
+            e.events_not_kept.to_string(),
+        ));
+    }
+    props
+}
+
+/// A testcase's `system-out`: the step's properties, one `key=value` per
+/// line and a blank line after them, then its stdout tail.
+fn system_out(props: &[(String, String)], stdout: &str) -> Option<String> {
+    if props.is_empty() {
+        return (!stdout.is_empty()).then(|| xml_safe(stdout));
+    }
+    let mut out: String = props
+        .iter()
+        .map(|(k, v)| format!("{}={}\n", xml_safe(k), xml_safe(v)))
+        .collect();
+    if !stdout.is_empty() {
+        out.push('\n');
+        out.push_str(&xml_safe(stdout));
+    }
+    Some(out)
+}
+
 /// Tails of a step's output for `system-out`/`system-err`.
 #[derive(Debug, Clone, Default)]
 pub struct Tails {
@@ -80,8 +126,8 @@ pub fn build(
     for s in &report.steps {
         let mut case = step_case(&report.job.name, &report.job.manifest, s);
         let t = tails(&s.name);
-        if !t.stdout.is_empty() {
-            case.set_system_out(&xml_safe(&t.stdout));
+        if let Some(out) = system_out(&egress_properties(&s.egress), &t.stdout) {
+            case.set_system_out(&out);
         }
         if !t.stderr.is_empty() {
             case.set_system_err(&xml_safe(&t.stderr));
@@ -221,6 +267,117 @@ mod tests {
         assert!(cases[0].is_success());
         assert!(cases[1].is_failure());
         assert!(cases[2].is_skipped());
+    }
+
+    fn egress(policy: &str, denied: &[(&str, u64)], not_kept: u64) -> EgressReport {
+        EgressReport {
+            policy: policy.into(),
+            denied: denied.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            events: Vec::new(),
+            events_not_kept: not_kept,
+        }
+    }
+
+    fn pairs(props: &[(String, String)]) -> Vec<(&str, &str)> {
+        props
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn egress_properties_name_the_policy_each_denied_kind_and_dropped_events() {
+        let e = egress("allow", &[("dns-refused", 1), ("connect-denied", 2)], 5);
+        assert_eq!(
+            pairs(&egress_properties(&e)),
+            [
+                ("egress.policy", "allow"),
+                ("egress.denied.connect-denied", "2"),
+                ("egress.denied.dns-refused", "1"),
+                ("egress.events_not_kept", "5"),
+            ]
+        );
+        assert_eq!(
+            pairs(&egress_properties(&egress("public", &[], 0))),
+            [("egress.policy", "public")]
+        );
+    }
+
+    #[test]
+    fn egress_properties_are_left_out_without_network_or_denials() {
+        assert!(egress_properties(&egress("none", &[], 0)).is_empty());
+        assert!(egress_properties(&EgressReport::default()).is_empty());
+        assert_eq!(
+            pairs(&egress_properties(&egress(
+                "none",
+                &[("connect-denied", 1)],
+                0
+            ))),
+            [
+                ("egress.policy", "none"),
+                ("egress.denied.connect-denied", "1")
+            ]
+        );
+    }
+
+    fn report(egress: EgressReport) -> Report {
+        use crate::report::{HostInfo, JobInfo, LogPaths, RunStatus, Timings};
+        Report {
+            version: crate::report::REPORT_VERSION,
+            job: JobInfo {
+                name: "job".into(),
+                manifest: "job.yaml".into(),
+            },
+            status: RunStatus::Passed,
+            exit_code: 0,
+            started_at: "2024-01-01T00:00:00Z".into(),
+            duration_ms: 1.0,
+            host: HostInfo {
+                kvm_flavour: "hardware".into(),
+                cpus: 2,
+                sbxrun_version: "0".into(),
+            },
+            steps: vec![StepReport {
+                name: "fetch".into(),
+                step: "fetch".into(),
+                matrix: Default::default(),
+                verdict: Verdict::Passed,
+                exit_code: Some(0),
+                message: None,
+                allow_failure: false,
+                attempts: Vec::new(),
+                timings: Timings::default(),
+                usage: None,
+                artifacts: Vec::new(),
+                missing_outputs: Vec::new(),
+                egress,
+                logs: LogPaths::default(),
+            }],
+        }
+    }
+
+    fn xml(r: &Report, stdout: &str) -> String {
+        let stdout = stdout.to_owned();
+        let tails = move |_: &str| Tails {
+            stdout: stdout.clone(),
+            stderr: String::new(),
+        };
+        let junit = build(r, &tails, &|_| Vec::new());
+        String::from_utf8(to_bytes(&junit).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn egress_properties_lead_the_testcase_system_out() {
+        let r = report(egress("allow", &[("connect-denied", 3)], 0));
+        let out = xml(&r, "hello\n");
+        assert!(
+            out.contains(
+                "<system-out><![CDATA[egress.policy=allow\negress.denied.connect-denied=3\n\nhello\n]]></system-out>"
+            ),
+            "{out}"
+        );
+        let quiet = xml(&report(egress("none", &[], 0)), "");
+        assert!(!quiet.contains("system-out"), "{quiet}");
     }
 
     #[test]
