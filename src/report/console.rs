@@ -116,7 +116,8 @@ impl Console {
         self.emit(
             &text,
             serde_json::json!({"event": "finished", "step": s.name,
-                "verdict": s.verdict, "message": s.message, "retrying": retrying}),
+                "verdict": s.verdict, "message": s.message, "retrying": retrying,
+                "egress_denied": s.egress.denied}),
         );
     }
 
@@ -132,49 +133,132 @@ impl Console {
     pub fn summary(&self, report: &Report, run_dir: &str) {
         let _guard = self.lock.lock();
         let mut out = std::io::stdout().lock();
-        if self.format == LogFormat::Json {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::json!({"event": "summary", "status": report.status,
-                    "exit_code": report.exit_code, "run_dir": run_dir})
-            );
-            return;
-        }
-        let width = report
-            .steps
-            .iter()
-            .map(|s| s.name.chars().count())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        let _ = writeln!(
-            out,
-            "\n{:<width$}  {:<9}  {:>8}  {:>4}",
-            "STEP", "VERDICT", "TIME", "TRY"
+        let _ = match self.format {
+            LogFormat::Json => writeln!(out, "{}", summary_json(report, run_dir)),
+            LogFormat::Text => write!(out, "{}", summary_text(report, run_dir)),
+        };
+    }
+}
+
+/// `3 denied`, or nothing for a step whose egress policy denied nothing.
+fn denied_note(s: &StepReport) -> String {
+    match s.egress.total_denied() {
+        0 => String::new(),
+        n => format!("{n} denied"),
+    }
+}
+
+/// The summary's JSON line: the run's outcome, and egress denials by kind
+/// for each step that had any.
+fn summary_json(report: &Report, run_dir: &str) -> serde_json::Value {
+    let denied: serde_json::Map<String, serde_json::Value> = report
+        .steps
+        .iter()
+        .filter(|s| s.egress.total_denied() > 0)
+        .map(|s| (s.name.clone(), serde_json::json!(s.egress.denied)))
+        .collect();
+    let mut v = serde_json::json!({"event": "summary", "status": report.status,
+        "exit_code": report.exit_code, "run_dir": run_dir});
+    if !denied.is_empty() {
+        v["egress_denied"] = serde_json::Value::Object(denied);
+    }
+    v
+}
+
+/// The summary table. The `EGRESS` column appears only when some step had
+/// an egress denial, so the common table stays narrow.
+fn summary_text(report: &Report, run_dir: &str) -> String {
+    use std::fmt::Write as _;
+    let width = report
+        .steps
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let egress = report.steps.iter().any(|s| s.egress.total_denied() > 0);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "\n{:<width$}  {:<9}  {:>8}  {:>4}",
+        "STEP", "VERDICT", "TIME", "TRY"
+    );
+    out.push_str(if egress { "  EGRESS\n" } else { "\n" });
+    for s in &report.steps {
+        let verdict = if s.allow_failure && s.verdict.is_failure() {
+            format!("{} (ok)", s.verdict.label())
+        } else {
+            s.verdict.label().to_owned()
+        };
+        let mut line = format!(
+            "{:<width$}  {:<9}  {:>7.1}s  {:>4}",
+            s.name,
+            verdict,
+            s.timings.total_ms / 1000.0,
+            s.attempts.len()
         );
-        for s in &report.steps {
-            let verdict = if s.allow_failure && s.verdict.is_failure() {
-                format!("{} (ok)", s.verdict.label())
-            } else {
-                s.verdict.label().to_owned()
-            };
-            let _ = writeln!(
-                out,
-                "{:<width$}  {:<9}  {:>7.1}s  {:>4}",
-                s.name,
-                verdict,
-                s.timings.total_ms / 1000.0,
-                s.attempts.len()
-            );
+        let note = denied_note(s);
+        if !note.is_empty() {
+            line.push_str("  ");
+            line.push_str(&note);
         }
-        let _ = writeln!(
-            out,
-            "\n{}: {:?} in {:.1}s (exit {}); reports in {run_dir}",
-            report.job.name,
-            report.status,
-            report.duration_ms / 1000.0,
-            report.exit_code
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\n{}: {:?} in {:.1}s (exit {}); reports in {run_dir}",
+        report.job.name,
+        report.status,
+        report.duration_ms / 1000.0,
+        report.exit_code
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::model::{test_report, test_step};
+    use crate::report::EgressReport;
+
+    fn denied(kinds: &[(&str, u64)]) -> EgressReport {
+        EgressReport {
+            policy: "allow".into(),
+            denied: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            ..EgressReport::default()
+        }
+    }
+
+    #[test]
+    fn summary_has_no_egress_column_when_nothing_was_denied() {
+        let r = test_report(vec![test_step("build", EgressReport::default())]);
+        let text = summary_text(&r, "runs/1");
+        assert!(!text.contains("EGRESS"), "{text}");
+        assert!(
+            text.contains("build  passed         1.2s     0\n"),
+            "{text}"
+        );
+        assert!(summary_json(&r, "runs/1").get("egress_denied").is_none());
+    }
+
+    #[test]
+    fn summary_counts_egress_denials_per_step() {
+        let r = test_report(vec![
+            test_step("build", EgressReport::default()),
+            test_step(
+                "fetch",
+                denied(&[("connect-denied", 2), ("dns-refused", 1)]),
+            ),
+        ]);
+        let text = summary_text(&r, "runs/1");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "STEP   VERDICT        TIME   TRY  EGRESS");
+        assert_eq!(lines[2], "build  passed         1.2s     0");
+        assert_eq!(lines[3], "fetch  passed         1.2s     0  3 denied");
+        assert_eq!(
+            summary_json(&r, "runs/1")["egress_denied"],
+            serde_json::json!({ "fetch": { "connect-denied": 2, "dns-refused": 1 } })
         );
     }
 }

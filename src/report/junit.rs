@@ -321,39 +321,7 @@ mod tests {
     }
 
     fn report(egress: EgressReport) -> Report {
-        use crate::report::{HostInfo, JobInfo, LogPaths, RunStatus, Timings};
-        Report {
-            version: crate::report::REPORT_VERSION,
-            job: JobInfo {
-                name: "job".into(),
-                manifest: "job.yaml".into(),
-            },
-            status: RunStatus::Passed,
-            exit_code: 0,
-            started_at: "2024-01-01T00:00:00Z".into(),
-            duration_ms: 1.0,
-            host: HostInfo {
-                kvm_flavour: "hardware".into(),
-                cpus: 2,
-                sbxrun_version: "0".into(),
-            },
-            steps: vec![StepReport {
-                name: "fetch".into(),
-                step: "fetch".into(),
-                matrix: Default::default(),
-                verdict: Verdict::Passed,
-                exit_code: Some(0),
-                message: None,
-                allow_failure: false,
-                attempts: Vec::new(),
-                timings: Timings::default(),
-                usage: None,
-                artifacts: Vec::new(),
-                missing_outputs: Vec::new(),
-                egress,
-                logs: LogPaths::default(),
-            }],
-        }
+        crate::report::model::test_report(vec![crate::report::model::test_step("fetch", egress)])
     }
 
     fn xml(r: &Report, stdout: &str) -> String {

@@ -284,3 +284,49 @@ pub fn report_schema() -> serde_json::Value {
         .into_root_schema_for::<Report>()
         .to_value()
 }
+
+/// A one-job report around `steps`, for tests of the report writers.
+#[cfg(test)]
+pub(crate) fn test_report(steps: Vec<StepReport>) -> Report {
+    Report {
+        version: REPORT_VERSION,
+        job: JobInfo {
+            name: "job".into(),
+            manifest: "job.yaml".into(),
+        },
+        status: RunStatus::Passed,
+        exit_code: 0,
+        started_at: "2024-01-01T00:00:00Z".into(),
+        duration_ms: 1500.0,
+        host: HostInfo {
+            kvm_flavour: "hardware".into(),
+            cpus: 2,
+            sbxrun_version: "0".into(),
+        },
+        steps,
+    }
+}
+
+/// A step that passed in one attempt, with this egress section.
+#[cfg(test)]
+pub(crate) fn test_step(name: &str, egress: EgressReport) -> StepReport {
+    StepReport {
+        name: name.into(),
+        step: name.into(),
+        matrix: BTreeMap::new(),
+        verdict: Verdict::Passed,
+        exit_code: Some(0),
+        message: None,
+        allow_failure: false,
+        attempts: Vec::new(),
+        timings: Timings {
+            total_ms: 1200.0,
+            ..Timings::default()
+        },
+        usage: None,
+        artifacts: Vec::new(),
+        missing_outputs: Vec::new(),
+        egress,
+        logs: LogPaths::default(),
+    }
+}
