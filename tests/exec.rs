@@ -111,6 +111,24 @@ fn a_command_outliving_its_timeout_is_killed() {
     );
 }
 
+/// A restored guest's timers fire: its LAPIC timer deadline survives the
+/// snapshot (KVM drops it when the MSRs are restored before the LAPIC).
+#[test]
+fn a_restored_guest_wakes_from_sleep_and_flushes_output_on_its_timer() {
+    warm_snapshot();
+    let out = exec(
+        &["--timeout", "60s"],
+        &[
+            "sh",
+            "-c",
+            "a=$(date +%s); sleep 1; b=$(date +%s); echo $((b - a))",
+        ],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let slept: u64 = text(&out.stdout).trim().parse().unwrap_or(0);
+    assert!((1..=3).contains(&slept), "slept {slept} s");
+}
+
 #[test]
 fn a_missing_command_is_not_an_exit_code_of_the_command() {
     warm_snapshot();

@@ -95,6 +95,11 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError
     vcpu.set_xcrs(&state.xcrs).map_err(set("XCRs"))?;
     vcpu.set_debug_regs(&state.debugregs)
         .map_err(set("debug registers"))?;
+    // The LAPIC goes before the MSRs: KVM ignores a write to
+    // IA32_TSC_DEADLINE unless the LAPIC timer is already in TSC-deadline
+    // mode, so in the other order the guest's armed timer is lost and a
+    // restored guest never wakes from sleep(1) or a poll timeout.
+    vcpu.set_lapic(&state.lapic).map_err(set("LAPIC"))?;
     let entries: Vec<kvm_msr_entry> = state
         .msrs
         .iter()
@@ -112,7 +117,6 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError
             total: entries.len(),
         });
     }
-    vcpu.set_lapic(&state.lapic).map_err(set("LAPIC"))?;
     vcpu.set_mp_state(state.mp_state).map_err(set("MP state"))?;
     vcpu.set_vcpu_events(&state.events)
         .map_err(set("pending events"))?;
