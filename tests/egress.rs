@@ -283,7 +283,7 @@ fn egress_policies_are_enforced_by_the_vmm_and_the_broker() {
 
     // No policy: the interface stays down and the VMM sees nothing.
     let l = log(&out, "no-network");
-    assert!(l.contains("out|down"), "{l}");
+    assert!(l.contains("out| down"), "{l}");
     assert!(l.contains("no network"), "{l}");
     assert_eq!(step(&report, "no-network")["egress"]["policy"], "none");
     assert!(events(&report, "no-network").is_empty());
