@@ -6,72 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
-use common::{require_kvm, sbxrun_exe, text};
+use common::{require_kvm, sbxrun_exe, serve, text};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Same VM size as the other job tests, so they share one snapshot.
 const SHAPE: &str = "defaults:\n  resources: { memory: 256MiB }\n  timeout: 3m\n";
-
-/// A tiny HTTP server: answers every request with `body` and remembers
-/// each request's Host header.
-struct Server {
-    port: u16,
-    hosts: Arc<Mutex<Vec<String>>>,
-}
-
-fn serve(body: Vec<u8>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
-    let port = listener.local_addr().unwrap().port();
-    let hosts = Arc::new(Mutex::new(Vec::new()));
-    let seen = hosts.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let seen = seen.clone();
-            let body = body.clone();
-            std::thread::spawn(move || answer(conn, &body, &seen));
-        }
-    });
-    Server { port, hosts }
-}
-
-fn answer(mut conn: TcpStream, body: &[u8], seen: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut host = String::new();
-    let mut lines = 0;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        lines += 1;
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("host:") {
-            host = v.trim().to_owned();
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    // A connection the VMM opened and reset before a byte passed: the
-    // server never got a request from it.
-    if lines == 0 {
-        return;
-    }
-    seen.lock().unwrap().push(host);
-    let head = format!(
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(body);
-}
 
 /// 192 KiB that no two runs share, so a cached or wrong answer shows.
 fn payload() -> Vec<u8> {
@@ -170,7 +113,7 @@ fn denied(report: &Value, name: &str, kind: &str) -> u64 {
 #[test]
 fn egress_policies_are_enforced_by_the_vmm_and_the_broker() {
     let body = payload();
-    let server = serve(body.clone());
+    let server = serve(body.clone(), 0);
     let port = server.port;
     let dir = tempfile::tempdir().unwrap();
     let job = format!(

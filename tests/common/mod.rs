@@ -3,9 +3,12 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
 use sbxrun::host::probe_kvm;
 use sbxrun::pool::launch::VmShape;
@@ -67,4 +70,60 @@ pub fn warm_snapshot() {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A tiny HTTP server: answers every request with `body` and remembers
+/// each request's Host header.
+pub struct Server {
+    pub port: u16,
+    pub hosts: Arc<Mutex<Vec<String>>>,
+}
+
+/// On `port` of 127.0.0.1 (0: any free port).
+pub fn serve(body: Vec<u8>, port: u16) -> Server {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot serve HTTP on 127.0.0.1:{port}: {e}"));
+    let port = listener.local_addr().unwrap().port();
+    let hosts = Arc::new(Mutex::new(Vec::new()));
+    let seen = hosts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let seen = seen.clone();
+            let body = body.clone();
+            std::thread::spawn(move || answer(conn, &body, &seen));
+        }
+    });
+    Server { port, hosts }
+}
+
+fn answer(mut conn: TcpStream, body: &[u8], seen: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut host = String::new();
+    let mut lines = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        lines += 1;
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("host:") {
+            host = v.trim().to_owned();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // A connection the VMM opened and reset before a byte passed: the
+    // server never got a request from it.
+    if lines == 0 {
+        return;
+    }
+    seen.lock().unwrap().push(host);
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body);
 }

@@ -1,0 +1,83 @@
+//! Every YAML example in `examples/` runs end to end on real VMs and ends
+//! the way its comments promise: exit code 0, every required step passed,
+//! both reports written. (Their KDL twins are checked to be the same job by
+//! `manifest_examples`.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{require_kvm, sbxrun_exe, serve, text};
+use serde_json::Value;
+
+/// The port examples/egress.yaml fetches from (see its header).
+const EGRESS_EXAMPLE_PORT: u16 = 18713;
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_example_runs_green_end_to_end() {
+    require_kvm();
+    let words =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/words.txt"))
+            .expect("examples/data/words.txt");
+    let server = serve(words.clone(), EGRESS_EXAMPLE_PORT);
+    let examples = examples();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for example in &examples {
+        let out = tempfile::tempdir().unwrap();
+        let o = Command::new(sbxrun_exe())
+            .arg("run")
+            .arg(example)
+            .arg("--out")
+            .arg(out.path())
+            .args(["--resolve", "files.example.test=127.0.0.1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cannot run sbxrun");
+        let name = example.display();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{name}: {}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
+        )
+        .expect("report.json is JSON");
+        for step in report["steps"].as_array().unwrap() {
+            if step["allow_failure"] == false {
+                assert_eq!(step["verdict"], "passed", "{name}: {step:#}");
+            }
+        }
+        assert!(
+            out.path().join("junit.xml").is_file(),
+            "{name}: no junit.xml"
+        );
+        if example.ends_with("egress.yaml") {
+            let fetched = std::fs::read(out.path().join("artifacts/fetch/out/words.txt"))
+                .expect("the fetch step's download");
+            assert_eq!(fetched, words);
+            let strict = report["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "strict")
+                .expect("strict step");
+            assert_eq!(strict["verdict"], "failed", "{strict:#}");
+        }
+    }
+    assert!(!server.hosts.lock().unwrap().is_empty());
+}
