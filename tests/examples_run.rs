@@ -58,8 +58,12 @@ fn every_example_runs_green_end_to_end() {
         )
         .expect("report.json is JSON");
         for step in report["steps"].as_array().unwrap() {
+            // `if: failure()` steps are skipped when nothing failed.
             if step["allow_failure"] == false {
-                assert_eq!(step["verdict"], "passed", "{name}: {step:#}");
+                assert!(
+                    step["verdict"] == "passed" || step["verdict"] == "skipped",
+                    "{name}: {step:#}"
+                );
             }
         }
         assert!(

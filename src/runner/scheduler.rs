@@ -78,7 +78,10 @@ fn empty_report(shared: &RunShared, id: InstanceId) -> StepReport {
         usage: None,
         artifacts: Vec::new(),
         missing_outputs: Vec::new(),
-        egress: Default::default(),
+        egress: crate::report::EgressReport::new(
+            &crate::egress::EgressPolicy::from_manifest(&inst.settings.egress),
+            &crate::egress::EventLog::new(),
+        ),
         logs: LogPaths::default(),
     }
 }
@@ -222,7 +225,11 @@ impl Scheduler {
         st.report.usage = r.usage;
         st.report.artifacts = r.artifacts;
         st.report.missing_outputs = r.missing_outputs;
-        st.report.egress = r.egress;
+        // An attempt that ended before its network was set up has no
+        // egress section of its own; the configured policy stays.
+        if !r.egress.policy.is_empty() {
+            st.report.egress = r.egress;
+        }
         let fname = super::attempt::file_name(&inst.name);
         if verdict != Verdict::Cancelled || r.usage.is_some() {
             st.report.logs.output = Some(run_dir_logs(&format!("{fname}.log")));
