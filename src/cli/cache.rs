@@ -96,7 +96,13 @@ fn ls(inv: &Inventory, json: bool) -> i32 {
             scratch: &inv.scratch,
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
         };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        match serde_json::to_string_pretty(&out) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("sbxrun: cannot write the listing as JSON: {e}");
+                return EXIT_INFRA;
+            }
+        }
     } else {
         print!("{}", render_ls(inv, now_unix()));
     }

@@ -116,6 +116,7 @@ pub struct SnapshotEntry {
     pub name: String,
     /// The snapshot key (for a build, the key it is building).
     pub key: String,
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub state: SnapshotState,
     /// Fields of `meta.json`, when it could be read.
@@ -132,6 +133,7 @@ pub struct SnapshotEntry {
 #[derive(Debug, Clone, Serialize)]
 pub struct AssetEntry {
     pub name: String,
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub usage: Usage,
 }
@@ -140,6 +142,7 @@ pub struct AssetEntry {
 #[derive(Debug, Clone, Serialize)]
 pub struct ScratchEntry {
     pub name: String,
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// The sbxrun process that made it, read from the name.
     pub pid: Option<u32>,
@@ -151,11 +154,18 @@ pub struct ScratchEntry {
 /// Everything sbxrun keeps in a cache directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
+    #[serde(serialize_with = "lossy_path")]
     pub cache: PathBuf,
     /// Sorted by name, so output is stable.
     pub snapshots: Vec<SnapshotEntry>,
     pub assets: Vec<AssetEntry>,
     pub scratch: Vec<ScratchEntry>,
+}
+
+/// Paths are written as text even when they are not UTF-8 (a stray file in
+/// the cache may have any name), rather than failing the whole listing.
+fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -330,14 +340,29 @@ fn bare_entry(
     }
 }
 
+/// A real `meta.json` is a few hundred bytes; anything far larger is not
+/// one, and is not worth reading into memory to find that out.
+const MAX_META_BYTES: u64 = 1 << 20;
+
+/// Reads at most `cap` bytes of `path`; `None` when it holds more.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
+}
+
 /// Reads `meta.json` field by field, so that one written by an older sbxrun
 /// (whose fields may differ) is still recognised as stale rather than as
 /// garbage, and fills the entry's display fields. `Ok(Some)` is a verdict
 /// of stale; `Ok(None)` means the full check is still to be made.
 fn read_loose_meta(dir: &Path, entry: &mut SnapshotEntry) -> Result<Option<SnapshotState>, String> {
     let meta_path = dir.join("meta.json");
-    let text = match fs::read(&meta_path) {
-        Ok(t) => t,
+    let text = match read_capped(&meta_path, MAX_META_BYTES) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(format!("meta.json is over {MAX_META_BYTES} bytes")),
         Err(e) if e.kind() == ErrorKind::NotFound => return Err("no meta.json".into()),
         Err(e) => return Err(format!("meta.json: {e}")),
     };
@@ -408,6 +433,7 @@ pub enum CleanScope {
 /// Something `cache clean` removes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Removal {
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// What it is, for the report: `snapshot 6832265392cc (ok)`.
     pub what: String,
@@ -417,6 +443,7 @@ pub struct Removal {
 /// Something `cache clean` leaves in place although its scope covers it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kept {
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub why: String,
 }

@@ -134,6 +134,11 @@ fn damage_is_reported_with_its_reason() {
     fs::rename(&wrong_key, snapshots_dir(cache).join("renamed")).unwrap();
     fs::write(snapshots_dir(cache).join("stray-file"), b"hi").unwrap();
     fake_snapshot(cache, "badformat", "three");
+    let huge = fake_snapshot(cache, "huge", &fmt);
+    fs::File::create(huge.join("meta.json"))
+        .unwrap()
+        .set_len(MAX_META_BYTES + 1)
+        .unwrap();
 
     let inv = scan(cache).unwrap();
     let reason = |name| match state_of(&inv, name) {
@@ -155,6 +160,10 @@ fn damage_is_reported_with_its_reason() {
     assert_eq!(reason("renamed"), "meta.json names another key");
     assert_eq!(reason("stray-file"), "not a directory");
     assert!(reason("badformat").contains("not MAJOR.MINOR"));
+    assert_eq!(
+        reason("huge"),
+        format!("meta.json is over {MAX_META_BYTES} bytes")
+    );
 }
 
 #[test]
@@ -317,4 +326,16 @@ fn scratch_and_temp_names_yield_their_pids() {
     );
     assert_eq!(parse_tmp_name(".tmp-x"), Some(("x".into(), None)));
     assert_eq!(parse_tmp_name("ab12"), None);
+}
+
+#[test]
+fn json_listing_survives_names_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = snapshots_dir(dir.path());
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir(root.join(std::ffi::OsStr::from_bytes(b"bad\xffname"))).unwrap();
+    let inv = scan(dir.path()).unwrap();
+    let json = serde_json::to_string(&inv).unwrap();
+    assert!(json.contains("bad\u{fffd}name"), "{json}");
 }
