@@ -1,6 +1,7 @@
 //! Command-line interface: clap types and dispatch. Each subcommand's work
 //! lives in its own file.
 
+pub mod cache;
 mod doctor;
 mod exec;
 pub mod graph;
@@ -34,6 +35,8 @@ pub enum Command {
     Graph(graph::Args),
     /// Check that this host can run microVMs and say how to fix what is missing.
     Doctor(doctor::DoctorArgs),
+    /// List or remove cached VM snapshots and built guest assets.
+    Cache(cache::CacheArgs),
     /// Internal: the VMM process of one microVM (started by sbxrun itself).
     #[command(name = "__vmm", hide = true)]
     Vmm,
@@ -72,6 +75,7 @@ pub fn main() -> i32 {
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Cache(args) => cache::run(args),
         Command::Vmm => run_vmm(None),
         Command::JailSelftest(args) => run_vmm(Some(args)),
     }

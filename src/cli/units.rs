@@ -1,4 +1,5 @@
-//! Sizes and durations on the command line (`256M`, `1GiB`, `30s`, `1m30s`).
+//! Sizes and durations on the command line (`256M`, `1GiB`, `30s`, `1m30s`),
+//! read from flags and written in listings.
 
 use std::time::Duration;
 
@@ -57,6 +58,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Formats a byte count for a listing in binary units: `812 B`, `4.0 KiB`,
+/// `21.4 MiB`, `1.2 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Formats an age in its largest whole unit: `45s`, `12m`, `3h`, `5d`.
+pub fn format_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +106,23 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5x").is_err());
+    }
+    #[test]
+    fn byte_counts_print_in_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(4096), "4.0 KiB");
+        assert_eq!(format_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(format_bytes((1 << 30) + (1 << 29)), "1.5 GiB");
+        assert_eq!(format_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_print_in_their_largest_whole_unit() {
+        assert_eq!(format_age(0), "0s");
+        assert_eq!(format_age(59), "59s");
+        assert_eq!(format_age(60), "1m");
+        assert_eq!(format_age(7199), "1h");
+        assert_eq!(format_age(86400 * 3 + 5), "3d");
     }
 }

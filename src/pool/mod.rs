@@ -1,6 +1,7 @@
 //! MicroVMs as the runner sees them: separate `__vmm` processes driven
 //! through the control protocol, and the guest sessions inside them.
 
+pub mod cache;
 pub mod launch;
 pub mod session;
 pub mod snapshot;

@@ -1,0 +1,334 @@
+//! `sbxrun cache ls` and `sbxrun cache clean`: what the cache directory
+//! holds and freeing it. Which entries are usable and what may be removed is
+//! decided in `pool::cache`; this file parses flags and prints.
+
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::units::{format_age, format_bytes};
+use crate::assets;
+use crate::errors::{chain, EXIT_INFRA, EXIT_OK};
+use crate::pool::cache::{
+    self, plan_clean, remove_entry, short_key, AssetEntry, CleanScope, Inventory, ScratchEntry,
+    SnapshotEntry, SnapshotState, Usage,
+};
+
+/// Arguments of `sbxrun cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// The `cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the VM snapshots, their state and size, and the space taken by
+    /// guest assets and scratch.
+    Ls(LsArgs),
+    /// Remove snapshots (rebuilt on demand); with --all also the built guest
+    /// assets and scratch. Run it while no job is running: a running job
+    /// restores its VMs from these snapshots.
+    Clean(CleanArgs),
+}
+
+/// Arguments of `sbxrun cache ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print the listing as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `sbxrun cache clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Remove only stale and damaged snapshots and abandoned builds.
+    #[arg(long, conflicts_with = "all")]
+    pub stale: bool,
+    /// Also remove the built guest assets (`make assets` rebuilds them) and
+    /// the scratch of finished runs.
+    #[arg(long)]
+    pub all: bool,
+    /// Print what would be removed and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `sbxrun cache …`; exit 0 on success, 3 on an I/O error.
+pub fn run(args: CacheArgs) -> i32 {
+    let dir = assets::cache_dir();
+    let inv = match cache::scan(&dir) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("sbxrun: {}", chain(&e));
+            return EXIT_INFRA;
+        }
+    };
+    match args.command {
+        CacheCommand::Ls(a) => ls(&inv, a.json),
+        CacheCommand::Clean(a) => clean(&inv, &a),
+    }
+}
+
+/// `cache ls --json`: the inventory plus totals.
+#[derive(Serialize)]
+struct LsJson<'a> {
+    cache: &'a Path,
+    snapshots: &'a [SnapshotEntry],
+    snapshots_total: Usage,
+    assets: &'a [AssetEntry],
+    assets_total: Usage,
+    scratch: &'a [ScratchEntry],
+    scratch_total: Usage,
+}
+
+fn ls(inv: &Inventory, json: bool) -> i32 {
+    if json {
+        let out = LsJson {
+            cache: &inv.cache,
+            snapshots: &inv.snapshots,
+            snapshots_total: Usage::total(inv.snapshots.iter().map(|s| &s.usage)),
+            assets: &inv.assets,
+            assets_total: Usage::total(inv.assets.iter().map(|a| &a.usage)),
+            scratch: &inv.scratch,
+            scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
+        };
+        match serde_json::to_string_pretty(&out) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("sbxrun: cannot write the listing as JSON: {e}");
+                return EXIT_INFRA;
+            }
+        }
+    } else {
+        print!("{}", render_ls(inv, now_unix()));
+    }
+    EXIT_OK
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The human listing of `cache ls`, ages taken relative to `now`.
+fn render_ls(inv: &Inventory, now: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "cache: {}", inv.cache.display());
+    if inv.snapshots.is_empty() {
+        out.push_str("no snapshots (each VM shape's is built on first use)\n");
+    } else {
+        let dash = || "-".to_string();
+        let _ = writeln!(
+            out,
+            "{:<12}  {:<6}  {:>9}  {:>5}  {:>4}  {:>10}  {:>10}  STATUS",
+            "KEY", "FORMAT", "MEMORY", "VCPUS", "AGE", "SIZE", "ON DISK"
+        );
+        for s in &inv.snapshots {
+            let _ = writeln!(
+                out,
+                "{:<12}  {:<6}  {:>9}  {:>5}  {:>4}  {:>10}  {:>10}  {}",
+                short_key(&s.key),
+                s.format.clone().unwrap_or_else(dash),
+                s.memory_mib
+                    .map(|m| format!("{m} MiB"))
+                    .unwrap_or_else(dash),
+                s.vcpus.map(|v| v.to_string()).unwrap_or_else(dash),
+                s.created_unix
+                    .map(|t| format_age(now.saturating_sub(t)))
+                    .unwrap_or_else(dash),
+                format_bytes(s.usage.apparent_bytes),
+                format_bytes(s.usage.disk_bytes),
+                s.state.describe(),
+            );
+        }
+    }
+    let total = Usage::total(inv.snapshots.iter().map(|s| &s.usage));
+    let count =
+        |f: fn(&SnapshotState) -> bool| inv.snapshots.iter().filter(|s| f(&s.state)).count();
+    let _ = writeln!(
+        out,
+        "total: {} snapshots, {} apparent, {} on disk ({} usable, {} stale or damaged, {} building)",
+        inv.snapshots.len(),
+        format_bytes(total.apparent_bytes),
+        format_bytes(total.disk_bytes),
+        count(|s| *s == SnapshotState::Usable),
+        count(SnapshotState::is_stale),
+        count(|s| matches!(s, SnapshotState::Building { .. })),
+    );
+    if inv.assets.is_empty() {
+        out.push_str("guest assets: none (build them with `make assets`)\n");
+    } else {
+        let names: Vec<String> = inv.assets.iter().map(|a| format!("{}/", a.name)).collect();
+        let _ = writeln!(
+            out,
+            "guest assets: {} on disk in {}",
+            format_bytes(Usage::total(inv.assets.iter().map(|a| &a.usage)).disk_bytes),
+            names.join(" "),
+        );
+    }
+    let in_use = inv.scratch.iter().filter(|s| s.in_use).count();
+    let _ = writeln!(
+        out,
+        "scratch: {} on disk in {}/ ({} directories, {in_use} in use)",
+        format_bytes(Usage::total(inv.scratch.iter().map(|s| &s.usage)).disk_bytes),
+        cache::SCRATCH_DIR,
+        inv.scratch.len(),
+    );
+    out
+}
+
+fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
+    let scope = match (args.stale, args.all) {
+        (true, _) => CleanScope::Stale,
+        (_, true) => CleanScope::All,
+        _ => CleanScope::Snapshots,
+    };
+    let plan = plan_clean(inv, scope);
+    let rel = |p: &Path| {
+        p.strip_prefix(&inv.cache)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
+    println!("cache: {}", inv.cache.display());
+    let removes_usable = plan.remove.iter().any(|r| {
+        inv.snapshots
+            .iter()
+            .any(|s| s.path == r.path && s.state == SnapshotState::Usable)
+    });
+    // Scratch named for a live pid means a runner is using the cache now.
+    let mut running: Vec<u32> = inv
+        .scratch
+        .iter()
+        .filter(|s| s.in_use)
+        .filter_map(|s| s.pid)
+        .collect();
+    running.sort_unstable();
+    running.dedup();
+    if removes_usable {
+        for pid in running {
+            eprintln!(
+                "warning: sbxrun pid {pid} is running and restores its VMs from these snapshots; \
+                 its next steps may fail"
+            );
+        }
+    }
+    let mut freed = 0u64;
+    let mut failed = false;
+    for r in &plan.remove {
+        let size = format_bytes(r.usage.disk_bytes);
+        if args.dry_run {
+            println!("would remove {}: {}, {size}", rel(&r.path), r.what);
+            freed += r.usage.disk_bytes;
+            continue;
+        }
+        match remove_entry(&r.path) {
+            Ok(true) => {
+                println!("removed {}: {}, {size}", rel(&r.path), r.what);
+                freed += r.usage.disk_bytes;
+            }
+            // Removed by someone else meanwhile: nothing for us to free.
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("sbxrun: {}", chain(&e));
+                failed = true;
+            }
+        }
+    }
+    for k in &plan.keep {
+        println!("kept {}: {}", rel(&k.path), k.why);
+    }
+    if plan.remove.is_empty() {
+        println!("nothing to remove");
+    }
+    let verb = if args.dry_run { "would free" } else { "freed" };
+    println!("{verb} {}", format_bytes(freed));
+    if scope == CleanScope::All && !inv.assets.is_empty() {
+        let verb = if args.dry_run {
+            "would be removed"
+        } else {
+            "removed"
+        };
+        println!("guest assets {verb}: `make assets` rebuilds them");
+    }
+    if failed {
+        EXIT_INFRA
+    } else {
+        EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn entry(key: &str, state: SnapshotState) -> SnapshotEntry {
+        SnapshotEntry {
+            name: key.into(),
+            key: key.into(),
+            path: PathBuf::from("/c/snapshots").join(key),
+            state,
+            format: Some("3.0".into()),
+            memory_mib: Some(512),
+            vcpus: Some(1),
+            created_unix: Some(1_000),
+            usage: Usage {
+                apparent_bytes: 512 << 20,
+                disk_bytes: 21 << 20,
+            },
+        }
+    }
+
+    #[test]
+    fn listing_shows_one_line_per_snapshot_and_the_totals() {
+        let inv = Inventory {
+            cache: "/c".into(),
+            snapshots: vec![
+                entry("6832265392ccaaaad3844e58", SnapshotState::Usable),
+                entry(
+                    "b2d58f7b2b31c5a4646e604c",
+                    SnapshotState::Stale {
+                        format: "2.0".into(),
+                    },
+                ),
+            ],
+            assets: vec![AssetEntry {
+                name: "kernel".into(),
+                path: "/c/kernel".into(),
+                usage: Usage {
+                    apparent_bytes: 30 << 20,
+                    disk_bytes: 30 << 20,
+                },
+            }],
+            scratch: vec![],
+        };
+        let text = render_ls(&inv, 1_000 + 7200);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "cache: /c");
+        assert!(lines[2].starts_with("6832265392cc  3.0       512 MiB      1    2h"));
+        assert!(
+            lines[2].ends_with("512.0 MiB    21.0 MiB  ok"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].ends_with("stale (format 2.0)"), "{}", lines[3]);
+        assert_eq!(
+            lines[4],
+            "total: 2 snapshots, 1.0 GiB apparent, 42.0 MiB on disk \
+             (1 usable, 1 stale or damaged, 0 building)"
+        );
+        assert_eq!(lines[5], "guest assets: 30.0 MiB on disk in kernel/");
+        assert_eq!(
+            lines[6],
+            "scratch: 0 B on disk in run/ (0 directories, 0 in use)"
+        );
+    }
+}
