@@ -14,9 +14,9 @@
 //! is timed on its own.
 //!
 //! Heap figures come from a counting global allocator (live bytes of the
-//! whole process, and their high-water mark); every section runs with no
-//! other thread allocating, and the bench's own queues and guest sockets
-//! are allocated before the first reading.
+//! whole process, and their high-water mark). While they are read no other
+//! thread allocates, and the bench's own queues and guest sockets were
+//! allocated before the first reading, so the differences are the stack's.
 //!
 //! Knobs (environment): SBXRUN_BENCH_EGRESS_MB (MiB per throughput run,
 //! default 64), SBXRUN_BENCH_EGRESS_RUNS (throughput runs per direction,
