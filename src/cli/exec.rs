@@ -1,7 +1,7 @@
 //! `sbxrun exec`: one command, one fresh microVM, its exit code.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -13,7 +13,7 @@ use crate::errors::{EXIT_INFRA, EXIT_USAGE};
 use crate::pool::launch::{boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
 use crate::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
 use crate::pool::VmHandle;
-use crate::pool::{session, OutputStream, RunError};
+use crate::pool::{resolve_image, session, OutputStream, RunError};
 
 /// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -21,7 +21,8 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// Arguments of `sbxrun exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Root image: an ext4 file (default: the image `make assets` builds).
+    /// Root image: an ext4 file or a directory (built into a cached ext4
+    /// image; default: the image `make assets` builds).
     #[arg(long)]
     pub image: Option<PathBuf>,
     /// Guest kernel (an ELF vmlinux with a PVH entry).
@@ -87,11 +88,13 @@ pub fn run(args: ExecArgs) -> i32 {
         );
         return EXIT_INFRA;
     }
-    let resolve = |asset, explicit: &Option<PathBuf>| assets::require(asset, explicit.as_deref());
+    let resolve = |asset, explicit: &Option<PathBuf>| {
+        assets::require(asset, explicit.as_deref()).map_err(|e| e.to_string())
+    };
     let (kernel, initramfs, image) = match (
         resolve(Asset::Kernel, &args.kernel),
         resolve(Asset::Initramfs, &args.initramfs),
-        resolve(Asset::Image, &args.image),
+        root_image(args.image.as_deref()),
     ) {
         (Ok(k), Ok(i), Ok(r)) => (k, i, r),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -199,6 +202,18 @@ pub fn run(args: ExecArgs) -> i32 {
     };
     drop(vm);
     code
+}
+
+/// The ext4 file to boot: `--image` (or `SBXRUN_IMAGE`) as an ext4 file or
+/// a directory, else the default image `make assets` builds.
+fn root_image(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    let path = Asset::Image.resolve(explicit);
+    // Without a path of the user's that exists, say which asset is missing
+    // and how to build it.
+    if explicit.is_none() && !path.exists() {
+        return assets::require(Asset::Image, None).map_err(|e| e.to_string());
+    }
+    resolve_image(&path, &assets::cache_dir()).map_err(|e| crate::errors::chain(&e))
 }
 
 /// The VM `exec` runs in: restored from the pool, or cold-booted.

@@ -2,12 +2,13 @@
 //! first open of a new shape cold-boots once and caches the snapshot).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::host::KvmFlavour;
 use crate::manifest::{ImageRef, Settings};
 use crate::pool::launch::{VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use crate::pool::resolve_image;
 use crate::pool::warm::{Pool, PoolConfig};
 
 /// What every shape shares.
@@ -26,11 +27,17 @@ pub struct PoolBase {
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Pool>, String>>>;
+type ImageSlot = Arc<OnceLock<Result<PathBuf, String>>>;
 
 /// Pools by shape.
 pub struct Pools {
     base: PoolBase,
     map: Mutex<HashMap<(PathBuf, u32, u8), Slot>>,
+    /// Image paths as the manifest names them → the ext4 file to boot.
+    /// Resolved once per run: a directory is walked and hashed (and maybe
+    /// built) once, not per step, and every step of a run sees one image
+    /// even if the tree changes while the job runs.
+    images: Mutex<HashMap<PathBuf, ImageSlot>>,
 }
 
 impl Pools {
@@ -39,6 +46,7 @@ impl Pools {
         Pools {
             base,
             map: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
         }
     }
 
@@ -47,13 +55,7 @@ impl Pools {
         let image = match &settings.image {
             ImageRef::Name(n) if n == "default" => self.base.default_image.clone(),
             ImageRef::Name(n) => return Err(format!("unknown image `{n}`")),
-            ImageRef::Path(p) if p.is_file() => p.clone(),
-            ImageRef::Path(p) => {
-                return Err(format!(
-                    "image {} is not an ext4 file (directories are not supported yet)",
-                    p.display()
-                ))
-            }
+            ImageRef::Path(p) => self.image(p)?,
         };
         Ok(VmShape {
             kernel: self.base.kernel.clone(),
@@ -65,6 +67,22 @@ impl Pools {
             artifact_disk_bytes: DEFAULT_ARTIFACT_DISK_BYTES,
             jail: true,
         })
+    }
+
+    /// The ext4 file for a user's image path (an ext4 file or a directory).
+    /// Concurrent callers for one path wait for a single resolution.
+    fn image(&self, path: &Path) -> Result<PathBuf, String> {
+        let slot = {
+            let mut images = self
+                .images
+                .lock()
+                .map_err(|_| "image map poisoned".to_owned())?;
+            images.entry(path.to_owned()).or_default().clone()
+        };
+        slot.get_or_init(|| {
+            resolve_image(path, &self.base.cache).map_err(|e| crate::errors::chain(&e))
+        })
+        .clone()
     }
 
     /// The pool for `settings`, opening it on first use. Concurrent callers
