@@ -185,10 +185,22 @@ fn a_restored_vmm_runs_unprivileged_in_its_own_namespaces_and_cgroup() {
         !dirs.is_empty(),
         "this host has cgroups, the VM should be in one"
     );
-    let cgroups = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
-    for dir in &dirs {
-        let name = dir.file_name().unwrap().to_string_lossy();
-        assert!(cgroups.contains(&*name), "VMM not in {name}: {cgroups}");
+    // The VMM joins thread by thread (v1 `tasks`) while single-threaded,
+    // so every thread it starts later must be in the cgroup too.
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(tasks.len() >= 4, "VMM threads: {tasks:?}");
+    for tid in &tasks {
+        let cgroups = std::fs::read_to_string(format!("/proc/{vmm}/task/{tid}/cgroup")).unwrap();
+        for dir in &dirs {
+            let name = dir.file_name().unwrap().to_string_lossy();
+            assert!(
+                cgroups.contains(&*name),
+                "VMM thread {tid} not in {name}: {cgroups}"
+            );
+        }
     }
     drop(lease);
     for dir in &dirs {
