@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{require_kvm, sbxrun_exe, serve, text};
+use common::{report, require_kvm, sbxrun_exe, serve, step, text};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -49,37 +49,6 @@ fn run_job(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .expect("cannot run sbxrun")
-}
-
-fn report(out: &Path) -> Value {
-    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
-    let report: Value = serde_json::from_str(&text).expect("report.json is JSON");
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report.json violates the schema: {errors:?}"
-    );
-    report
-}
-
-fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {report:#}"))
 }
 
 fn log(out: &Path, name: &str) -> String {
@@ -158,14 +127,6 @@ fn egress_policies_are_enforced_by_the_vmm_and_the_broker() {
     let o = run_job(&manifest, &out, &["--resolve", "svc.test=127.0.0.1"]);
     let report = report(&out);
     let stderr = text(&o.stderr);
-    for s in report["steps"].as_array().unwrap() {
-        eprintln!(
-            "{} {} {:.0} ms",
-            s["name"],
-            s["verdict"],
-            s["timings"]["run_ms"].as_f64().unwrap_or(0.0)
-        );
-    }
 
     // An allowed name: the page arrives byte-exact, nothing is denied, and
     // the server saw the name the guest asked for.

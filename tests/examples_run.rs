@@ -8,8 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{require_kvm, sbxrun_exe, serve, text};
-use serde_json::Value;
+use common::{report, require_kvm, sbxrun_exe, serve, step, text};
 
 /// The port examples/egress.yaml fetches from (see its header).
 const EGRESS_EXAMPLE_PORT: u16 = 18713;
@@ -53,10 +52,7 @@ fn every_example_runs_green_end_to_end() {
             text(&o.stdout),
             text(&o.stderr)
         );
-        let report: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
-        )
-        .expect("report.json is JSON");
+        let report = report(out.path());
         for step in report["steps"].as_array().unwrap() {
             // `if: failure()` steps are skipped when nothing failed.
             if step["allow_failure"] == false {
@@ -74,12 +70,7 @@ fn every_example_runs_green_end_to_end() {
             let fetched = std::fs::read(out.path().join("artifacts/fetch/out/words.txt"))
                 .expect("the fetch step's download");
             assert_eq!(fetched, words);
-            let strict = report["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["name"] == "strict")
-                .expect("strict step");
+            let strict = step(&report, "strict");
             assert_eq!(strict["verdict"], "failed", "{strict:#}");
         }
     }

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, sbxrun_exe, text};
+use common::{report, require_kvm, sbxrun_exe, step, text};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -57,37 +57,6 @@ fn warm_snapshot() {
             text(&out.stderr)
         );
     });
-}
-
-fn report(out: &Path) -> Value {
-    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
-    let report: Value = serde_json::from_str(&text).expect("report.json is JSON");
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report.json violates the schema: {errors:?}"
-    );
-    report
-}
-
-fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {report:#}"))
 }
 
 fn verdict(report: &Value, name: &str) -> String {

@@ -219,16 +219,8 @@ fn summary_text(report: &Report, run_dir: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::model::{test_report, test_step};
+    use crate::report::model::{test_denials, test_report, test_step};
     use crate::report::EgressReport;
-
-    fn denied(kinds: &[(&str, u64)]) -> EgressReport {
-        EgressReport {
-            policy: "allow".into(),
-            denied: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
-            ..EgressReport::default()
-        }
-    }
 
     #[test]
     fn summary_has_no_egress_column_when_nothing_was_denied() {
@@ -248,7 +240,7 @@ mod tests {
             test_step("build", EgressReport::default()),
             test_step(
                 "fetch",
-                denied(&[("connect-denied", 2), ("dns-refused", 1)]),
+                test_denials(&[("connect-denied", 2), ("dns-refused", 1)]),
             ),
         ]);
         let text = summary_text(&r, "runs/1");

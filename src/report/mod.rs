@@ -11,6 +11,8 @@ mod write;
 
 pub use logs::{LineSink, StepLog, Stream, TAIL_LINES};
 pub use mask::{mask_str, Masker, MASK};
+#[cfg(test)]
+pub(crate) use model::test_denials;
 pub use model::{
     report_schema, Attempt, EgressEvent, EgressReport, FileDigest, HostInfo, JobInfo, LogPaths,
     Report, RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,

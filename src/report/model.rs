@@ -307,6 +307,16 @@ pub(crate) fn test_report(steps: Vec<StepReport>) -> Report {
     }
 }
 
+/// An `allow` egress section with these denial counts by kind.
+#[cfg(test)]
+pub(crate) fn test_denials(kinds: &[(&str, u64)]) -> EgressReport {
+    EgressReport {
+        policy: "allow".into(),
+        denied: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+        ..EgressReport::default()
+    }
+}
+
 /// A step that passed in one attempt, with this egress section.
 #[cfg(test)]
 pub(crate) fn test_step(name: &str, egress: EgressReport) -> StepReport {

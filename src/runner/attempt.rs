@@ -49,7 +49,8 @@ pub struct AttemptResult {
     pub missing_outputs: Vec<String>,
     pub tails: Tails,
     pub has_console: bool,
-    pub egress: EgressReport,
+    /// `None` when the attempt ended before its network was set up.
+    pub egress: Option<EgressReport>,
 }
 
 /// A file-system-friendly name for an instance (`test[case=a]` is fine on
@@ -155,7 +156,7 @@ fn failed_early(verdict: Verdict, message: String, timings: Timings) -> AttemptR
         missing_outputs: Vec::new(),
         tails: Tails::default(),
         has_console: false,
-        egress: EgressReport::default(),
+        egress: None,
     }
 }
 
@@ -375,7 +376,7 @@ pub fn run_attempt(
         missing_outputs: missing,
         tails,
         has_console,
-        egress,
+        egress: Some(egress),
     }
 }
 

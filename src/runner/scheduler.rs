@@ -227,8 +227,8 @@ impl Scheduler {
         st.report.missing_outputs = r.missing_outputs;
         // An attempt that ended before its network was set up has no
         // egress section of its own; the configured policy stays.
-        if !r.egress.policy.is_empty() {
-            st.report.egress = r.egress;
+        if let Some(egress) = r.egress {
+            st.report.egress = egress;
         }
         let fname = super::attempt::file_name(&inst.name);
         if verdict != Verdict::Cancelled || r.usage.is_some() {

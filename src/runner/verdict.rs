@@ -159,6 +159,7 @@ pub fn should_retry(verdict: Verdict, attempt: u32, retries: u32, retry_on: &[Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::test_denials;
     use guest_init::proto::Rusage;
 
     fn exited(status: ExitStatus, timed_out: bool) -> Ended {
@@ -224,17 +225,9 @@ mod tests {
         judge(&obs(exited(ExitStatus::Code(0), false)))
     }
 
-    fn denied(kinds: &[(&str, u64)]) -> EgressReport {
-        EgressReport {
-            policy: "allow".into(),
-            denied: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
-            ..EgressReport::default()
-        }
-    }
-
     #[test]
     fn on_violation_fail_fails_a_passed_step_that_had_denials() {
-        let egress = denied(&[("dns-refused", 1), ("connect-denied", 2)]);
+        let egress = test_denials(&[("dns-refused", 1), ("connect-denied", 2)]);
         let j = enforce_egress(passed(), OnViolation::Fail, &egress);
         assert_eq!(j.verdict, Verdict::Failed);
         assert_eq!(j.exit_code, Some(0));
@@ -248,7 +241,7 @@ mod tests {
         let one = enforce_egress(
             passed(),
             OnViolation::Fail,
-            &denied(&[("protocol-dropped", 1)]),
+            &test_denials(&[("protocol-dropped", 1)]),
         );
         assert!(one
             .message
@@ -257,7 +250,7 @@ mod tests {
 
     #[test]
     fn on_violation_leaves_other_verdicts_record_and_clean_runs_alone() {
-        let egress = denied(&[("connect-denied", 2)]);
+        let egress = test_denials(&[("connect-denied", 2)]);
         for o in [
             obs(exited(ExitStatus::Code(3), false)),
             obs(exited(ExitStatus::Signal(9), true)),

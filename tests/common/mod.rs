@@ -127,3 +127,37 @@ fn answer(mut conn: TcpStream, body: &[u8], seen: &Mutex<Vec<String>>) {
     let _ = conn.write_all(head.as_bytes());
     let _ = conn.write_all(body);
 }
+
+/// Reads `report.json` from a run directory and checks it against the
+/// checked-in report schema.
+pub fn report(out: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json written");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("report.json is JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/report.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report.json violates the schema: {errors:?}"
+    );
+    report
+}
+
+/// The step instance `name` of a report.
+pub fn step<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report:#}"))
+}

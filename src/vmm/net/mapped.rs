@@ -115,12 +115,13 @@ mod tests {
         assert!(in_range(Ipv4Addr::new(198, 19, 255, 255)));
         assert!(!in_range(Ipv4Addr::new(198, 20, 0, 0)));
         assert!(!in_range(Ipv4Addr::new(198, 17, 255, 255)));
-        assert!(m_unknown_is_none());
     }
 
-    fn m_unknown_is_none() -> bool {
-        MappedAddrs::with_capacity(4)
-            .lookup(Ipv4Addr::new(198, 18, 0, 9))
-            .is_none()
+    #[test]
+    fn an_address_never_handed_out_leads_nowhere() {
+        let mut m = MappedAddrs::with_capacity(4);
+        let a = m.map("a.test", &[ip("1.1.1.1")]).unwrap();
+        assert!(m.lookup(Ipv4Addr::new(198, 18, 0, 9)).is_none());
+        assert!(m.lookup(a).is_some());
     }
 }

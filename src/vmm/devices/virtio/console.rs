@@ -688,19 +688,13 @@ impl MmioTransport {
     /// [`Console::push_input`] through the transport, which interrupts the
     /// guest if anything was delivered.
     pub fn console_push_input(&mut self, input: &[u8]) -> Result<usize, MmioError> {
-        let device_type = self.device_type();
-        self.with_device(|console: &mut Console, ctx| console.push_input(ctx, input))
-            .ok_or(MmioError::WrongDeviceType(device_type))
+        self.with_device_of(|console: &mut Console, ctx| console.push_input(ctx, input))
     }
 
     /// [`Console::input_capacity`] through the transport.
     pub fn console_input_capacity(&mut self) -> Result<usize, MmioError> {
-        let device_type = self.device_type();
-        self.device_mut()
-            .as_any_mut()
-            .downcast_mut::<Console>()
+        self.device_of::<Console>()
             .map(|console| console.input_capacity())
-            .ok_or(MmioError::WrongDeviceType(device_type))
     }
 }
 

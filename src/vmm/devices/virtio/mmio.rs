@@ -243,6 +243,27 @@ impl MmioTransport {
         result
     }
 
+    /// [`Self::with_device`] for the device-specific shortcuts: a device
+    /// of another type is [`MmioError::WrongDeviceType`].
+    pub fn with_device_of<D: VirtioDevice + 'static, R>(
+        &mut self,
+        f: impl FnOnce(&mut D, &mut QueueContext<'_>) -> R,
+    ) -> Result<R, MmioError> {
+        let device_type = self.device_type();
+        self.with_device(f)
+            .ok_or(MmioError::WrongDeviceType(device_type))
+    }
+
+    /// The device as a `D` without touching the queues, or
+    /// [`MmioError::WrongDeviceType`].
+    pub fn device_of<D: VirtioDevice + 'static>(&mut self) -> Result<&mut D, MmioError> {
+        let device_type = self.device_type();
+        self.device
+            .as_any_mut()
+            .downcast_mut::<D>()
+            .ok_or(MmioError::WrongDeviceType(device_type))
+    }
+
     /// Saves the transport and device state. The caller holds the lock and
     /// the vCPUs are paused, so no request is half done: requests complete
     /// within the QueueNotify write that starts them.

@@ -444,19 +444,12 @@ impl MmioTransport {
     /// [`Net::push_frame`] through the transport, which interrupts the
     /// guest if a receive chain was used.
     pub fn net_push_frame(&mut self, frame: &[u8]) -> Result<RxOutcome, MmioError> {
-        let device_type = self.device_type();
-        self.with_device(|net: &mut Net, ctx| net.push_frame(ctx, frame))
-            .ok_or(MmioError::WrongDeviceType(device_type))
+        self.with_device_of(|net: &mut Net, ctx| net.push_frame(ctx, frame))
     }
 
     /// [`Net::counters`] through the transport.
     pub fn net_counters(&mut self) -> Result<NetCounters, MmioError> {
-        let device_type = self.device_type();
-        self.device_mut()
-            .as_any_mut()
-            .downcast_mut::<Net>()
-            .map(|net| net.counters())
-            .ok_or(MmioError::WrongDeviceType(device_type))
+        self.device_of::<Net>().map(|net| net.counters())
     }
 }
 
