@@ -280,3 +280,42 @@ fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
 }
+
+/// The guest's uptime, seconds, from a fresh restore of `pool`'s snapshot.
+fn restored_uptime(pool: &Pool) -> f64 {
+    let mut lease = pool.acquire().expect("acquire");
+    let (status, out, err) = run(&mut lease, "cat /proc/uptime", None);
+    assert_eq!(status, ExitStatus::Code(0), "{}", common::text(&err));
+    let text = common::text(&out);
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not /proc/uptime: {text:?}"))
+}
+
+/// A restored guest's clock continues from its snapshot, so it has no
+/// snapshot age to catch up on: restores a minute apart start from the same
+/// uptime, the uptime the guest had when the snapshot was taken.
+#[test]
+fn restored_guests_continue_from_the_snapshot_uptime_whatever_its_age() {
+    let cache = tempfile::tempdir().unwrap();
+    let pool = pool_in(cache.path().to_path_buf(), 0);
+    let made = std::time::Instant::now();
+    let boot_s = pool.snapshot().meta.boot_ms as f64 / 1000.0;
+    let fresh = restored_uptime(&pool);
+    // The snapshot's age is what this test is about, so it has to pass.
+    let age = Duration::from_secs(62);
+    std::thread::sleep(age.saturating_sub(made.elapsed()));
+    let aged = restored_uptime(&pool);
+    // Running `cat` takes the emulated guest well under a second; a clock
+    // that saw the snapshot's age would be a minute ahead.
+    assert!(
+        (aged - fresh).abs() < 3.0,
+        "uptime {fresh:.2} s in a fresh restore, {aged:.2} s in one {} s later",
+        made.elapsed().as_secs()
+    );
+    assert!(
+        fresh < boot_s + 5.0,
+        "uptime {fresh:.2} s after restoring a snapshot taken {boot_s:.2} s into boot"
+    );
+}

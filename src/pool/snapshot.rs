@@ -103,6 +103,9 @@ pub fn shape_key(shape: &VmShape) -> Result<String, SnapshotError> {
         output: PathBuf::new(),
     };
     let layout = shape.vm_config(&probe_disks, None);
+    // The command line decides what the guest does before the snapshot (its
+    // clocksource, for one), so a snapshot booted with another is not this one.
+    h.update(crate::vmm::boot::cmdline::for_config(&layout).as_bytes());
     let dims = format!(
         "{}:{}:{:?}:{}",
         shape.memory_mib, shape.vcpus, shape.flavour, shape.artifact_disk_bytes

@@ -368,8 +368,8 @@ fn build(config: &VmConfig, guest: &UnixStream, inbox: &NetInbox) -> Result<Buil
             let serial =
                 SerialConsole::new(vm.irq_eventfd(SERIAL_IRQ)?, console_log, transcript.clone());
             let virtio = VirtioSet::new(&vm, &memory, &config.disks, backends()?, &mut bus)?;
-            let cmdline =
-                cmdline::build(config.flavour, virtio.device_count(), &config.extra_cmdline);
+            let cmdline = cmdline::for_config(config);
+            debug_assert!(cmdline.matches("virtio_mmio.device=").count() == virtio.device_count());
             let entry = boot::load_pvh(&memory, &config.kernel, &config.initramfs, &cmdline)?;
             let vcpu = Vcpu::new(&vm, 0, vcpus, config.flavour)?;
             vcpu.configure_pvh_boot(entry.0)?;

@@ -189,6 +189,7 @@ pub fn kvm_ioctls(kind: ThreadKind) -> &'static [(u64, &'static str)] {
             "KVM_GET_VCPU_EVENTS: snapshot",
         ),
         (iowr::<kvm_msrs>(0x88), "KVM_GET_MSRS: snapshot"),
+        (io(0xa3), "KVM_GET_TSC_KHZ: TSC frequency for a snapshot"),
         (
             iowr::<kvm_msr_list>(0x02),
             "KVM_GET_MSR_INDEX_LIST: which MSRs to snapshot",

@@ -35,7 +35,7 @@ pub enum AttachError {
         #[source]
         source: BlockError,
     },
-    #[error("{0} disks is more than the {max} a VM can have", max = MAX_VIRTIO_DEVICES - 2)]
+    #[error("{0} disks is more than the {max} a VM can have", max = MAX_VIRTIO_DEVICES - FIXED_VIRTIO_DEVICES)]
     TooManyDisks(usize),
     #[error("interrupt for a virtio device")]
     Irq(#[from] VmError),
@@ -58,6 +58,10 @@ pub enum AttachError {
 pub struct VirtioSetState {
     pub devices: Vec<MmioTransportState>,
 }
+
+/// Devices every VM has besides its disks: the network device and the
+/// control console.
+pub const FIXED_VIRTIO_DEVICES: usize = 2;
 
 /// The VM's virtio devices.
 pub struct VirtioSet {
@@ -121,10 +125,11 @@ impl VirtioSet {
         state: Option<&VirtioSetState>,
     ) -> Result<Self, AttachError> {
         // The disks, the network device and the console each take a window.
-        if disks.len() + 2 > MAX_VIRTIO_DEVICES {
+        if disks.len() + FIXED_VIRTIO_DEVICES > MAX_VIRTIO_DEVICES {
             return Err(AttachError::TooManyDisks(disks.len()));
         }
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(disks.len() + 2);
+        let mut devices: Vec<Box<dyn VirtioDevice>> =
+            Vec::with_capacity(disks.len() + FIXED_VIRTIO_DEVICES);
         for disk in disks {
             devices.push(Box::new(open_disk(disk)?));
         }

@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 8] = *b"SBXSNAP\0";
 /// Bumped for any change an older reader cannot understand.
 pub const FORMAT_MAJOR: u16 = 3;
 /// Bumped for compatible additions.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Largest payload we deserialize.
 pub const MAX_PAYLOAD: u64 = 64 << 20;
 const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8 + 32;

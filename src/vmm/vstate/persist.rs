@@ -20,6 +20,8 @@ pub enum PersistError {
     PartialMsrs { accepted: usize, total: usize },
     #[error("too many MSRs")]
     MsrList,
+    #[error("the snapshot's TSC ran at {1} kHz, this host's at {2} kHz, and KVM cannot scale it")]
+    TscScaling(#[source] kvm_ioctls::Error, u32, u32),
 }
 
 /// A vCPU's complete architectural state.
@@ -33,8 +35,25 @@ pub struct VcpuState {
     pub lapic: kvm_lapic_state,
     pub mp_state: kvm_mp_state,
     pub events: kvm_vcpu_events,
-    /// (index, value) of every MSR KVM lets us read.
+    /// (index, value) of every MSR KVM lets us read. IA32_TSC is among
+    /// them: on hardware KVM writing it back sets the TSC offset, so the
+    /// guest's TSC continues from the snapshot instead of the host's.
     pub msrs: Vec<(u32, u64)>,
+    /// The guest TSC's frequency; `None` where KVM cannot tell.
+    #[serde(default)]
+    pub tsc_khz: Option<u32>,
+}
+
+/// How far a host's TSC frequency may be from the snapshot's before the
+/// guest's is scaled to the saved one: NTP's tolerance, the same one
+/// Firecracker uses. Closer than that, scaling would cost more than it fixes.
+const TSC_KHZ_TOLERANCE_PPM: u64 = 250;
+
+/// Whether a guest whose TSC ran at `saved` kHz needs KVM_SET_TSC_KHZ on a
+/// vCPU that starts at `current` kHz.
+pub fn tsc_needs_scaling(saved: u32, current: u32) -> bool {
+    let diff = u64::from(saved.abs_diff(current));
+    diff * 1_000_000 > u64::from(saved) * TSC_KHZ_TOLERANCE_PPM
 }
 
 /// Reads every MSR in KVM's index list that this host lets us read. Some
@@ -80,6 +99,7 @@ pub fn save_vcpu(kvm: &Kvm, vcpu: &VcpuFd) -> Result<VcpuState, PersistError> {
         mp_state: vcpu.get_mp_state().map_err(get("MP state"))?,
         events: vcpu.get_vcpu_events().map_err(get("pending events"))?,
         msrs: read_msrs(kvm, vcpu)?,
+        tsc_khz: vcpu.get_tsc_khz().ok(),
     })
 }
 
@@ -100,6 +120,17 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError
     // mode, so in the other order the guest's armed timer is lost and a
     // restored guest never wakes from sleep(1) or a poll timeout.
     vcpu.set_lapic(&state.lapic).map_err(set("LAPIC"))?;
+    // The frequency before the TSC value: KVM converts the written TSC with
+    // the vCPU's current frequency.
+    if let Some(saved) = state.tsc_khz {
+        let current = vcpu
+            .get_tsc_khz()
+            .map_err(|e| PersistError::Get(e, "TSC frequency"))?;
+        if tsc_needs_scaling(saved, current) {
+            vcpu.set_tsc_khz(saved)
+                .map_err(|e| PersistError::TscScaling(e, saved, current))?;
+        }
+    }
     let entries: Vec<kvm_msr_entry> = state
         .msrs
         .iter()
@@ -169,4 +200,41 @@ pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), PersistError> {
         ..Default::default()
     };
     vm.set_clock(&clock).map_err(set("kvmclock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsc_is_scaled_only_beyond_ntp_tolerance() {
+        assert!(!tsc_needs_scaling(2_000_000, 2_000_000));
+        // 250 ppm of 2 GHz is 500 kHz.
+        assert!(!tsc_needs_scaling(2_000_000, 2_000_500));
+        assert!(!tsc_needs_scaling(2_000_000, 1_999_500));
+        assert!(tsc_needs_scaling(2_000_000, 2_000_501));
+        assert!(tsc_needs_scaling(2_000_000, 1_999_499));
+        assert!(tsc_needs_scaling(2_000_000, 3_000_000));
+    }
+
+    #[test]
+    fn old_vcpu_states_without_a_tsc_frequency_still_load() {
+        let mut json = serde_json::to_value(VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            mp_state: Default::default(),
+            events: Default::default(),
+            msrs: vec![(0x10, 42)],
+            tsc_khz: Some(1),
+        })
+        .unwrap();
+        json.as_object_mut().unwrap().remove("tsc_khz");
+        let state: VcpuState = serde_json::from_value(json).unwrap();
+        assert_eq!(state.tsc_khz, None);
+        assert_eq!(state.msrs, [(0x10, 42)]);
+    }
 }
