@@ -1,26 +1,38 @@
 //! Artifacts inside the guest: the host's tar stream on the input disk is
 //! unpacked into the step's working directory before the command runs, and
 //! the declared outputs are packed as a tar stream onto the output disk
-//! after it ends. Guest syscalls are slow on some hosts, so both sides read
-//! and write in large buffered chunks and walk only what was asked for.
+//! after it ends. Guest syscalls and guest kernel copies are slow on some
+//! hosts, so both disks are read and written directly (see `direct`), in
+//! large chunks, and only what was asked for is walked.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
 use guest_init::proto::{PackSummary, INPUT_DISK, OUTPUT_DISK};
 
+use crate::direct::{DirectReader, DirectWriter};
+
 /// Buffer size for disk I/O: one syscall per MiB.
 const IO_BUF: usize = 1 << 20;
 
-/// Unpacks the input disk's archive into `work`. Ownership and modes come
-/// from the headers the host wrote (the step's user), so nothing has to be
-/// walked again afterwards.
-pub fn unpack_inputs(work: &Path) -> io::Result<()> {
-    let disk = File::open(INPUT_DISK)?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(IO_BUF, disk));
+/// Unpacks the input disk's archive, `len` bytes long when the host says,
+/// into `work`. Ownership and modes come from the headers the host wrote
+/// (the step's user), so nothing has to be walked again afterwards.
+pub fn unpack_inputs(work: &Path, len: Option<u64>) -> io::Result<()> {
+    match len {
+        Some(len) => unpack(work, DirectReader::open(Path::new(INPUT_DISK), len)?),
+        None => unpack(
+            work,
+            BufReader::with_capacity(IO_BUF, File::open(INPUT_DISK)?),
+        ),
+    }
+}
+
+fn unpack(work: &Path, from: impl io::Read) -> io::Result<()> {
+    let mut archive = tar::Archive::new(from);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
@@ -77,9 +89,8 @@ fn pack(work: &Path, patterns: &[String], summary: &mut PackSummary) -> io::Resu
         // host validates whatever is there).
         return Ok(());
     }
-    let disk = fs::OpenOptions::new().write(true).open(OUTPUT_DISK)?;
     let counting = Counting {
-        inner: BufWriter::with_capacity(IO_BUF, disk),
+        inner: DirectWriter::open(Path::new(OUTPUT_DISK))?,
         bytes: 0,
     };
     let mut builder = tar::Builder::new(counting);
@@ -93,12 +104,9 @@ fn pack(work: &Path, patterns: &[String], summary: &mut PackSummary) -> io::Resu
         }
         summary.entries += 1;
     }
-    let mut counting = builder.into_inner()?;
-    counting.flush()?;
+    let counting = builder.into_inner()?;
     summary.bytes = counting.bytes;
-    let disk = counting.inner.into_inner().map_err(|e| e.into_error())?;
-    // The host reads the backing file once the exit report arrives.
-    disk.sync_all()
+    counting.inner.finish()
 }
 
 /// Paths under `work` (relative) matching one output pattern. Literal

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod channel;
+mod direct;
 mod net;
 mod run;
 mod setup;
@@ -42,6 +43,7 @@ fn boot(started: Instant, chan_slot: &mut Option<Channel>) -> Result<(), BootErr
         devnull: setup::open_device("/dev/null", true)?,
         urandom: setup::open_device("/dev/urandom", true)?,
     };
+    run::warm_step_root(&handles);
     let chan = chan_slot.insert(Channel::open()?);
     let ready = Ready {
         proto_version: PROTO_VERSION,

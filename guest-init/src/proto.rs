@@ -231,6 +231,10 @@ pub struct ArtifactsRequest {
     /// [`INPUT_DISK`] into the working directory, owned by the step's user.
     #[serde(default)]
     pub unpack_inputs: bool,
+    /// Length of that tar stream, so the guest reads just the archive and
+    /// not the disk's readahead around it. Absent: read until its end marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_bytes: Option<u64>,
     /// After running: pack these paths or globs (relative to the working
     /// directory; `*` and `?` never match `/`) as a tar stream at offset 0
     /// of [`OUTPUT_DISK`]. Empty: the output disk is left untouched.
@@ -346,6 +350,30 @@ pub struct Exited {
     /// Present when outputs were requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<PackSummary>,
+    /// When guest-init reached each phase of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<GuestPhases>,
+}
+
+/// Where guest-init's time for one request went: the moment each phase
+/// ended, in microseconds after guest-init read the request. Only the
+/// guest's clock can tell these apart; the host sees one round trip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPhases {
+    /// Clock set, RNG reseeded, network configured.
+    pub prepared_us: u64,
+    /// Input archive unpacked (equal to `prepared_us` without inputs).
+    pub inputs_us: u64,
+    /// Pipes and the process description ready, just before the spawn.
+    pub sandbox_us: u64,
+    /// The command's process exists (its exec has been attempted).
+    pub spawned_us: u64,
+    /// The command's main process was reaped and its output drained.
+    pub exited_us: u64,
+    /// Outputs packed and synced (equal to `exited_us` without outputs).
+    pub outputs_us: u64,
+    /// The exit report is about to be written to the channel.
+    pub reply_us: u64,
 }
 
 /// Category of a guest-side failure.

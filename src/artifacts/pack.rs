@@ -29,6 +29,8 @@ pub struct InputItem {
 pub struct PackStats {
     pub files: u64,
     pub bytes: u64,
+    /// Length of the tar stream on the disk, which the guest reads exactly.
+    pub archive_bytes: u64,
 }
 
 /// Counts bytes and refuses to grow past the disk.
@@ -114,13 +116,16 @@ pub fn pack_inputs(
     };
     let result = items.iter().try_for_each(|item| packer.item(item));
     result?;
-    let stats = packer.stats;
+    let mut stats = packer.stats;
     let finished = packer
         .builder
         .into_inner()
         .and_then(|mut capped| capped.flush().map(|()| capped.written));
     match finished {
-        Ok(_) => Ok(stats),
+        Ok(written) => {
+            stats.archive_bytes = written;
+            Ok(stats)
+        }
         Err(e) if e.kind() == io::ErrorKind::StorageFull => Err(ArtifactError::InputTooLarge {
             bytes: limit,
             limit,

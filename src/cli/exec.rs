@@ -14,6 +14,7 @@ use crate::pool::launch::{boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIF
 use crate::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
 use crate::pool::VmHandle;
 use crate::pool::{resolve_image, session, OutputStream, RunError};
+use crate::report::GuestTimings;
 
 /// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -172,6 +173,18 @@ pub fn run(args: ExecArgs) -> i32 {
         Ok(outcome) => {
             if args.timings {
                 eprintln!("sbxrun: run {:?}", outcome.wall);
+                if let Some(g) = outcome.exited.phases.map(GuestTimings::from) {
+                    eprintln!(
+                        "sbxrun: in the guest: prepare {:.1} ms, inputs {:.1} ms, spawn {:.1} ms, \
+                         command {:.1} ms, outputs {:.1} ms; channel {:.1} ms",
+                        g.prepare_ms,
+                        g.inputs_ms,
+                        g.spawn_ms,
+                        g.command_ms,
+                        g.outputs_ms,
+                        (outcome.wall.as_secs_f64() * 1000.0 - g.total_ms).max(0.0)
+                    );
+                }
             }
             match outcome.exited.status {
                 _ if outcome.exited.timed_out => {

@@ -94,6 +94,41 @@ pub struct Timings {
     pub outputs_ms: f64,
     /// All of the above.
     pub total_ms: f64,
+    /// How `run_ms` divides inside the guest, by guest-init's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestTimings>,
+}
+
+/// Guest-init's own account of one request, in milliseconds. What `run_ms`
+/// has beyond `total_ms` is the channel between host and guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GuestTimings {
+    /// Setting the clock and RNG and configuring the network.
+    pub prepare_ms: f64,
+    /// Unpacking the inputs into the working directory.
+    pub inputs_ms: f64,
+    /// Preparing the sandbox and spawning the command.
+    pub spawn_ms: f64,
+    /// The command, from spawn until it exited and its output was drained.
+    pub command_ms: f64,
+    /// Packing the outputs onto the output disk.
+    pub outputs_ms: f64,
+    /// From reading the request to sending the exit report.
+    pub total_ms: f64,
+}
+
+impl From<guest_init::proto::GuestPhases> for GuestTimings {
+    fn from(p: guest_init::proto::GuestPhases) -> Self {
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+        GuestTimings {
+            prepare_ms: ms(0, p.prepared_us),
+            inputs_ms: ms(p.prepared_us, p.inputs_us),
+            spawn_ms: ms(p.inputs_us, p.spawned_us),
+            command_ms: ms(p.spawned_us, p.exited_us),
+            outputs_ms: ms(p.exited_us, p.outputs_us),
+            total_ms: ms(0, p.reply_us),
+        }
+    }
 }
 
 /// Resource usage the guest reported for the command.

@@ -95,7 +95,9 @@ fn input_items(shared: &RunShared, inst: &Instance) -> Vec<InputItem> {
     items
 }
 
-fn request(inst: &Instance, unpack_inputs: bool) -> RunRequest {
+/// The guest's request; `input_bytes` is the length of the packed inputs'
+/// archive, when there are inputs.
+fn request(inst: &Instance, input_bytes: Option<u64>) -> RunRequest {
     let s = &inst.settings;
     let mut env: Vec<(String, String)> = inst
         .env
@@ -135,7 +137,8 @@ fn request(inst: &Instance, unpack_inputs: bool) -> RunRequest {
         timeout_ms: Some(s.timeout.0.as_millis() as u64),
         stdin: None,
         artifacts: ArtifactsRequest {
-            unpack_inputs,
+            unpack_inputs: input_bytes.is_some(),
+            input_bytes,
             outputs,
         },
         network: None,
@@ -217,19 +220,23 @@ pub fn run_attempt(
     let disk_bytes = std::fs::metadata(&lease.disks.input)
         .map(|m| m.len())
         .unwrap_or(0);
+    let mut input_bytes = None;
     if !items.is_empty() {
-        if let Err(e) = artifacts::pack_inputs(&items, &lease.disks.input, owner, disk_bytes) {
-            slot.clear();
-            timings.inputs_ms = ms(t.elapsed());
-            let verdict = match e {
-                artifacts::ArtifactError::InputTooLarge { .. } => Verdict::Failed,
-                _ => Verdict::Infra,
-            };
-            return failed_early(
-                verdict,
-                format!("cannot pack the inputs: {}", crate::errors::chain(&e)),
-                timings,
-            );
+        match artifacts::pack_inputs(&items, &lease.disks.input, owner, disk_bytes) {
+            Ok(stats) => input_bytes = Some(stats.archive_bytes),
+            Err(e) => {
+                slot.clear();
+                timings.inputs_ms = ms(t.elapsed());
+                let verdict = match e {
+                    artifacts::ArtifactError::InputTooLarge { .. } => Verdict::Failed,
+                    _ => Verdict::Infra,
+                };
+                return failed_early(
+                    verdict,
+                    format!("cannot pack the inputs: {}", crate::errors::chain(&e)),
+                    timings,
+                );
+            }
         }
     }
     timings.inputs_ms = ms(t.elapsed());
@@ -254,7 +261,7 @@ pub fn run_attempt(
             shared.console.line(&iname, stream == Stream::Err, line);
         }));
     }
-    let mut req = request(inst, !items.is_empty());
+    let mut req = request(inst, input_bytes);
     let policy = EgressPolicy::from_manifest(&inst.settings.egress);
     let broker = match start_broker(shared, &mut lease.vm, &policy) {
         Ok(broker) => broker,
@@ -282,6 +289,11 @@ pub fn run_attempt(
         }
     });
     timings.run_ms = ms(t.elapsed());
+    timings.guest = result
+        .as_ref()
+        .ok()
+        .and_then(|o| o.exited.phases)
+        .map(Into::into);
     log.finish();
     let egress_log = broker.map(Broker::finish).unwrap_or_default();
     let egress = EgressReport::new(&policy, &egress_log);

@@ -19,6 +19,7 @@ fn sample_request() -> RunRequest {
         stdin: Some(vec![0, 1, 0xff]),
         artifacts: ArtifactsRequest {
             unpack_inputs: true,
+            input_bytes: Some(10240),
             outputs: vec!["out/*.txt".into()],
         },
         network: None,
@@ -51,6 +52,15 @@ fn all_guest_msgs() -> Vec<GuestMsg> {
                 bytes: 3072,
                 pack_us: 5,
                 failed: false,
+            }),
+            phases: Some(GuestPhases {
+                prepared_us: 1,
+                inputs_us: 2,
+                sandbox_us: 3,
+                spawned_us: 4,
+                exited_us: 5,
+                outputs_us: 6,
+                reply_us: 7,
             }),
         }),
         GuestMsg::Error(ErrorReport {
