@@ -5,7 +5,14 @@
 //! Knobs (environment): SBXRUN_BENCH_BOOTS (cold boots, default 5),
 //! SBXRUN_BENCH_RESTORES (default 30), SBXRUN_BENCH_EXECS (sequential
 //! `true` runs, default 200), SBXRUN_BENCH_PSS_VMS (default 50),
-//! SBXRUN_BENCH_STREAM_MB (default 4).
+//! SBXRUN_BENCH_STREAM_MB (default 4), SBXRUN_BENCH_AGE_S (how old the
+//! aged snapshot is, default 120), SBXRUN_BENCH_AGED_RESTORES (default 10).
+//!
+//! What the figures depend on: restore times on the guest's work after the
+//! restore (on kvm-pvm hosts its kernel code is emulated) and, with a TSC
+//! clocksource, on the snapshot's age, which is why a snapshot this bench
+//! makes is restored both fresh and aged; PSS on how many pages the guest
+//! touched since the restore.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -72,6 +79,37 @@ fn run(lease: &mut LeasedVm, script: &str, user: User) -> (Duration, usize) {
     )
     .unwrap_or_else(|e| panic!("run failed: {}", sbxrun::errors::chain(&e)));
     (outcome.wall, bytes)
+}
+
+/// `pid` and every process below it: a jailed VM is a relay process with
+/// the VMM (and its vCPU thread) as a descendant.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
+/// PSS of a VM's relay (its top process) and of the rest of its tree.
+fn vm_pss_kib(pid: u32) -> (u64, u64) {
+    let tree = process_tree(pid);
+    let rest = tree[1..].iter().map(|&p| pss_kib(p)).sum();
+    (pss_kib(pid), rest)
 }
 
 fn pss_kib(pid: u32) -> u64 {
@@ -164,6 +202,39 @@ fn main() {
     summary("  of which VMM setup (spawn excluded)", restore_setup);
     summary("  a second ping in the same VM", second_pings);
 
+    // A snapshot of this bench's own, restored while fresh and once aged:
+    // the guest's first reply must not depend on how old its snapshot is.
+    let age = Duration::from_secs(knob("SBXRUN_BENCH_AGE_S", 120) as u64);
+    let aged_restores = knob("SBXRUN_BENCH_AGED_RESTORES", 10);
+    let own_pool = Pool::open(PoolConfig {
+        cache: scratch.path().join("own-cache"),
+        ..config(0)
+    })
+    .unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+    let made = Instant::now();
+    let restore_times = |n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|_| own_pool.acquire().expect("restore").restore_time)
+            .collect()
+    };
+    let fresh = restore_times(aged_restores);
+    let fresh_age = made.elapsed();
+    std::thread::sleep(age.saturating_sub(made.elapsed()));
+    let aged_at = made.elapsed();
+    let aged = restore_times(aged_restores);
+    summary(
+        &format!(
+            "restore -> pong, snapshot <{} s old",
+            fresh_age.as_secs() + 1
+        ),
+        fresh,
+    );
+    summary(
+        &format!("restore -> pong, snapshot {} s old", aged_at.as_secs()),
+        aged,
+    );
+    drop(own_pool);
+
     let mut lease = pool.acquire().expect("restore");
     let mut trues = Vec::new();
     for _ in 0..5 {
@@ -218,20 +289,26 @@ fn main() {
     );
     drop(lease);
 
+    // Idle: restored and answered a ping, nothing run since.
     let one = pool.acquire().expect("restore");
-    std::thread::sleep(Duration::from_millis(300));
+    let (relay, vmm) = vm_pss_kib(one.vm.pid());
     println!(
-        "PSS of one idle restored VMM: {} KiB",
-        pss_kib(one.vm.pid())
+        "PSS of one idle restored VM: relay {relay} KiB + VMM {vmm} KiB = {} KiB ({} processes)",
+        relay + vmm,
+        process_tree(one.vm.pid()).len()
     );
     drop(one);
     let n = knob("SBXRUN_BENCH_PSS_VMS", 50);
     let many: Vec<LeasedVm> = (0..n).map(|_| pool.acquire().expect("restore")).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let total: u64 = many.iter().map(|l| pss_kib(l.vm.pid())).sum();
+    let (relays, vmms) = many
+        .iter()
+        .map(|l| vm_pss_kib(l.vm.pid()))
+        .fold((0, 0), |(a, b), (r, v)| (a + r, b + v));
+    let each = |kib: u64| kib / n.max(1) as u64;
     println!(
-        "PSS of {n} idle restored VMMs: {} KiB total, {} KiB each",
-        total,
-        total / n.max(1) as u64
+        "PSS of {n} idle restored VMs: {} KiB total; each: relay {} KiB + VMM {} KiB",
+        relays + vmms,
+        each(relays),
+        each(vmms)
     );
 }
