@@ -91,10 +91,19 @@ fn file_fingerprint(path: &Path, hasher: &mut Sha256) -> Result<(), SnapshotErro
     Ok(())
 }
 
+/// Bumped when what the VMM shows a booting guest changes in a way the
+/// kernel settles once at boot (CPUID bits, device layout): a snapshot booted
+/// under the older one would keep the older behaviour. 2: the kvmclock
+/// stable bit is visible on kvm-pvm hosts too.
+const GUEST_PLATFORM: u32 = 2;
+
 /// The pool key of a shape: everything that makes two VMs differ.
 pub fn shape_key(shape: &VmShape) -> Result<String, SnapshotError> {
     let mut h = Sha256::new();
-    h.update(format!("sbxrun-snapshot-{FORMAT_MAJOR}.{FORMAT_MINOR}\n").as_bytes());
+    h.update(
+        format!("sbxrun-snapshot-{FORMAT_MAJOR}.{FORMAT_MINOR}-platform-{GUEST_PLATFORM}\n")
+            .as_bytes(),
+    );
     for file in [&shape.kernel, &shape.initramfs, &shape.image] {
         file_fingerprint(file, &mut h)?;
     }
