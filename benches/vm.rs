@@ -212,6 +212,7 @@ fn main() {
     })
     .unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
     let made = Instant::now();
+    let own_snapshot = own_pool.snapshot().meta.clone();
     let restore_times = |n: usize| -> Vec<Duration> {
         (0..n)
             .map(|_| own_pool.acquire().expect("restore").restore_time)
@@ -264,6 +265,10 @@ fn main() {
         execs as f64 / elapsed.as_secs_f64()
     );
     drop(warm_pool);
+    println!(
+        "snapshot create (pause, save state, write memory): {} ms, after a cold boot of {} ms",
+        own_snapshot.snapshot_ms, own_snapshot.boot_ms
+    );
 
     let mb = knob("SBXRUN_BENCH_STREAM_MB", 4);
     let mut lease = pool.acquire().expect("restore");

@@ -54,6 +54,7 @@ fn snapshot(cache: &Path, key: &str, format: &str) {
         memory_crc32: crc.finalize(),
         memory_bytes_written: 4096,
         boot_ms: 1,
+        snapshot_ms: 1,
         created_unix: 1_700_000_000,
     };
     fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();

@@ -36,6 +36,7 @@ fn main() {
 
 /// Everything from the first mount to the end of serving.
 fn boot(started: Instant, chan_slot: &mut Option<Channel>) -> Result<(), BootError> {
+    sys::set_umask();
     setup::early()?;
     setup::mounts()?;
     net::loopback_up()?;

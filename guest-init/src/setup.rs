@@ -164,13 +164,18 @@ fn inner_mount(src: &str, dir: &str, fstype: &str, flags: libc::c_ulong) -> Resu
 }
 
 /// The default working directory must exist and belong to the step user.
+/// It is chowned even when the image has it: that copies it up into the
+/// overlay's writable layer now, before the snapshot, instead of in every
+/// step that writes a file there (a copy-up is dozens of emulated kernel
+/// operations on kvm-pvm hosts).
 fn ensure_workdir() -> Result<(), SysError> {
     let work = format!("{STEP_ROOT}{}", guest_init::proto::DEFAULT_CWD);
     match fs::DirBuilder::new().mode(0o755).create(&work) {
-        Ok(()) => chown(&work, Some(SBX_ID), Some(SBX_ID)).context(format!("chown {work}")),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).context(format!("create {work}")),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).context(format!("create {work}")),
     }
+    chown(&work, Some(SBX_ID), Some(SBX_ID)).context(format!("chown {work}"))
 }
 
 /// Opens a device kept open for the whole life of guest-init.

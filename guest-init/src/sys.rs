@@ -5,6 +5,7 @@
 //! exactly one syscall unless its doc says otherwise.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -90,6 +91,74 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 succeeded, so both descriptors are fresh and ours.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The umask guest-init runs with and its steps inherit, set at boot so the
+/// unpacker knows which mode bits `open`/`mkdir` strip without asking.
+pub const UMASK: libc::mode_t = 0o022;
+
+/// `umask(2)` to [`UMASK`].
+pub fn set_umask() {
+    // SAFETY: umask takes an integer and cannot fail.
+    unsafe { libc::umask(UMASK) };
+}
+
+/// A directory opened only to resolve names relative to it (`O_PATH`).
+pub fn open_dir(path: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: `path` is a valid C string; open returns a fresh descriptor.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags) })?;
+    // SAFETY: open succeeded, so `fd` is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A regular file `name` under `dir`, opened for writing and never through a
+/// symlink: created (`true`) with `mode` less the umask, or, when it exists,
+/// emptied (`false`, one more syscall) with its mode as it was.
+pub fn create_file_at(dir: &OwnedFd, name: &CStr, mode: libc::mode_t) -> io::Result<(File, bool)> {
+    let base = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let open = |flags: libc::c_int| {
+        // SAFETY: `dir` is an open descriptor and `name` a valid C string.
+        let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
+        // SAFETY: openat succeeded, so `fd` is ours.
+        Ok::<_, io::Error>(unsafe { File::from_raw_fd(fd) })
+    };
+    match open(base | libc::O_CREAT | libc::O_EXCL) {
+        Ok(file) => Ok((file, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            Ok((open(base | libc::O_TRUNC)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `mkdirat(2)`; `Ok(false)` when something already has the name.
+pub fn mkdir_at(dir: &OwnedFd, name: &CStr, mode: libc::mode_t) -> io::Result<bool> {
+    // SAFETY: `dir` is an open descriptor and `name` a valid C string.
+    match check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `symlinkat(2)`.
+pub fn symlink_at(target: &CStr, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: both names are valid C strings and `dir` is open.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
+pub fn chown_at(dir: &OwnedFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: `dir` is an open descriptor and `name` a valid C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `fchmodat(dir, name, mode, 0)`: only for names that are not symlinks.
+pub fn chmod_at(dir: &OwnedFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `dir` is an open descriptor and `name` a valid C string.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
 }
 
 /// Grows a pipe's buffer to at least `bytes` (capped by the kernel).

@@ -33,6 +33,7 @@ fn fake_snapshot(cache: &Path, key: &str, format: &str) -> PathBuf {
         memory_crc32: crc.finalize(),
         memory_bytes_written: 8192,
         boot_ms: 900,
+        snapshot_ms: 100,
         created_unix: 1_700_000_000,
     };
     fs::write(

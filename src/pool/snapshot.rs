@@ -50,6 +50,10 @@ pub struct SnapshotMeta {
     pub memory_crc32: u32,
     pub memory_bytes_written: u64,
     pub boot_ms: u64,
+    /// From the snapshot request to the VMM's answer: pausing, saving the
+    /// state and writing guest memory.
+    #[serde(default)]
+    pub snapshot_ms: u64,
     pub created_unix: u64,
 }
 
@@ -266,6 +270,7 @@ fn build_into(
         .vm
         .request(&VmmRequest::Snapshot)
         .map_err(SnapshotError::Create)?;
+    let snapshot_started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     let memory_bytes_written = loop {
         match booted
@@ -279,6 +284,7 @@ fn build_into(
             other => booted.vm.fail_on(other).map_err(SnapshotError::Create)?,
         }
     };
+    let snapshot_ms = snapshot_started.elapsed().as_millis() as u64;
     let meta = SnapshotMeta {
         key: key.to_string(),
         format: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
@@ -290,6 +296,7 @@ fn build_into(
         memory_crc32: file_crc32(&files.memory)?,
         memory_bytes_written,
         boot_ms,
+        snapshot_ms,
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
