@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -44,8 +44,6 @@ pub struct Channel {
     decoder: FrameDecoder<HostMsg>,
     deferred: VecDeque<Incoming>,
     rbuf: Vec<u8>,
-    /// Frames gathered for one large write.
-    wbuf: Vec<u8>,
 }
 
 impl Channel {
@@ -87,7 +85,6 @@ impl Channel {
             decoder: FrameDecoder::new(),
             deferred: VecDeque::new(),
             rbuf: vec![0; READ_CHUNK],
-            wbuf: Vec::new(),
         })
     }
 
@@ -110,19 +107,11 @@ impl Channel {
         }))
     }
 
-    /// Writes pre-built frame pieces. They are gathered into one buffer
-    /// first: the port turns every piece of a `writev` into its own write
-    /// and host notification.
-    pub fn send_vectored(&mut self, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-        self.wbuf.clear();
-        for part in parts.iter() {
-            self.wbuf.extend_from_slice(part);
-        }
-        // The port takes at most 32 KiB per write; write_all goes on after
-        // short writes and EINTR.
-        let result = self.file.write_all(&self.wbuf);
-        self.wbuf.clear();
-        result
+    /// Writes one frame the caller built (header included). The port takes
+    /// at most 32 KiB per write; write_all goes on after short writes and
+    /// EINTR.
+    pub fn send_raw(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.file.write_all(frame)
     }
 
     /// One `read` from the channel into the decoder; returns the byte count
