@@ -2,6 +2,7 @@
 //! holds and freeing it. Which entries are usable and what may be removed is
 //! decided in `pool::cache`; this file parses flags and prints.
 
+use super::stdout::{out, outln};
 use std::path::Path;
 
 use clap::{Args, Subcommand};
@@ -97,14 +98,14 @@ fn ls(inv: &Inventory, json: bool) -> i32 {
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
         };
         match serde_json::to_string_pretty(&out) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(e) => {
                 eprintln!("sbxrun: cannot write the listing as JSON: {e}");
                 return EXIT_INFRA;
             }
         }
     } else {
-        print!("{}", render_ls(inv, now_unix()));
+        out!("{}", render_ls(inv, now_unix()));
     }
     EXIT_OK
 }
@@ -197,7 +198,7 @@ fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
             .display()
             .to_string()
     };
-    println!("cache: {}", inv.cache.display());
+    outln!("cache: {}", inv.cache.display());
     let removes_usable = plan.remove.iter().any(|r| {
         inv.snapshots
             .iter()
@@ -225,13 +226,13 @@ fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
     for r in &plan.remove {
         let size = format_bytes(r.usage.disk_bytes);
         if args.dry_run {
-            println!("would remove {}: {}, {size}", rel(&r.path), r.what);
+            outln!("would remove {}: {}, {size}", rel(&r.path), r.what);
             freed += r.usage.disk_bytes;
             continue;
         }
         match remove_entry(&r.path) {
             Ok(true) => {
-                println!("removed {}: {}, {size}", rel(&r.path), r.what);
+                outln!("removed {}: {}, {size}", rel(&r.path), r.what);
                 freed += r.usage.disk_bytes;
             }
             // Removed by someone else meanwhile: nothing for us to free.
@@ -243,20 +244,20 @@ fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
         }
     }
     for k in &plan.keep {
-        println!("kept {}: {}", rel(&k.path), k.why);
+        outln!("kept {}: {}", rel(&k.path), k.why);
     }
     if plan.remove.is_empty() {
-        println!("nothing to remove");
+        outln!("nothing to remove");
     }
     let verb = if args.dry_run { "would free" } else { "freed" };
-    println!("{verb} {}", format_bytes(freed));
+    outln!("{verb} {}", format_bytes(freed));
     if scope == CleanScope::All && !inv.assets.is_empty() {
         let verb = if args.dry_run {
             "would be removed"
         } else {
             "removed"
         };
-        println!("guest assets {verb}: `make assets` rebuilds them");
+        outln!("guest assets {verb}: `make assets` rebuilds them");
     }
     if failed {
         EXIT_INFRA

@@ -1,5 +1,6 @@
 //! `sbxrun doctor`: can this host run microVMs, and if not, what to do.
 
+use super::stdout::outln;
 use clap::Args;
 use serde::Serialize;
 
@@ -76,20 +77,20 @@ fn collect() -> Findings {
 pub fn run(args: DoctorArgs) -> i32 {
     let findings = collect();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&findings).unwrap_or_default()
         );
     } else {
         for c in &findings.checks {
-            println!(
+            outln!(
                 "{} {:<24} {}",
                 if c.ok { "ok  " } else { "FAIL" },
                 c.name,
                 c.detail
             );
             if let Some(fix) = &c.fix {
-                println!("     {:<24} fix: {fix}", "");
+                outln!("     {:<24} fix: {fix}", "");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `sbxrun graph JOB`: print the planned DAG as text, dot or Mermaid.
 
+use super::stdout::out;
 use std::path::PathBuf;
 
 use crate::errors::EXIT_OK;
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> i32 {
                 GraphFormat::Dot => Format::Dot,
                 GraphFormat::Mermaid => Format::Mermaid,
             };
-            print!("{}", plan.render(format));
+            out!("{}", plan.render(format));
             EXIT_OK
         }
         Err(code) => code,

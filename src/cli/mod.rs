@@ -6,6 +6,7 @@ mod doctor;
 mod exec;
 pub mod graph;
 pub mod run;
+mod stdout;
 pub mod units;
 pub mod validate;
 

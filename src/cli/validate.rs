@@ -1,5 +1,6 @@
 //! `sbxrun validate JOB`: load and plan a manifest, report every problem.
 
+use super::stdout::outln;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> i32 {
     match load_and_plan(&args.job, &Selection::All) {
         Ok((job, plan)) => {
-            println!(
+            outln!(
                 "{}: ok: job `{}`, {} step{}, {} instance{}",
                 args.job.display(),
                 job.name.as_str(),
