@@ -148,16 +148,28 @@ pub enum ManifestError {
         /// The path given.
         path: PathBuf,
     },
+    /// A directory was given where a manifest file belongs.
+    #[error("{} is a directory, not a job manifest", path.display())]
+    IsDirectory {
+        /// The path given.
+        path: PathBuf,
+        /// Manifests directly inside it, sorted, for the hint.
+        manifests: Vec<PathBuf>,
+    },
     /// The manifest was read but is wrong; every problem found is listed.
     #[error(transparent)]
     Invalid(Problems),
 }
+
+/// How many of a directory's manifests the hint names.
+const DIRECTORY_HINT_MAX: usize = 5;
 
 impl Diagnostic for ManifestError {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         match self {
             ManifestError::Read { .. } => Some(Box::new("manifest::read")),
             ManifestError::UnknownFormat { .. } => Some(Box::new("manifest::format")),
+            ManifestError::IsDirectory { .. } => Some(Box::new("manifest::directory")),
             ManifestError::Invalid(p) => p.code(),
         }
     }
@@ -165,6 +177,20 @@ impl Diagnostic for ManifestError {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         match self {
             ManifestError::Invalid(p) => p.help(),
+            ManifestError::IsDirectory { manifests, .. } if manifests.is_empty() => Some(Box::new(
+                "give the path of a .yaml, .yml or .kdl file; this directory has none",
+            )),
+            ManifestError::IsDirectory { manifests, .. } => {
+                let mut names: Vec<String> = manifests
+                    .iter()
+                    .take(DIRECTORY_HINT_MAX)
+                    .map(|m| m.display().to_string())
+                    .collect();
+                if manifests.len() > DIRECTORY_HINT_MAX {
+                    names.push(format!("and {} more", manifests.len() - DIRECTORY_HINT_MAX));
+                }
+                Some(Box::new(format!("manifests in it: {}", names.join(", "))))
+            }
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ mod units;
 mod validate;
 mod yaml;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use de::Spanned;
@@ -37,6 +37,12 @@ pub use validate::{output_covers, MAX_MATRIX_INSTANCES};
 /// Reads, parses and validates a manifest file (`.yaml`, `.yml`, `.kdl`).
 /// Host input paths are resolved against the file's directory.
 pub fn load(path: &Path) -> Result<Job, ManifestError> {
+    if path.is_dir() {
+        return Err(ManifestError::IsDirectory {
+            path: path.to_owned(),
+            manifests: manifests_in(path),
+        });
+    }
     let syntax = Syntax::from_path(path).ok_or_else(|| ManifestError::UnknownFormat {
         path: path.to_owned(),
     })?;
@@ -50,6 +56,20 @@ pub fn load(path: &Path) -> Result<Job, ManifestError> {
     };
     let source = SourceFile::new(path.display().to_string(), text, dir, syntax);
     load_source(source)
+}
+
+/// The files directly in `dir` that `load` would read, sorted; unreadable
+/// entries are passed over (this only feeds a hint).
+fn manifests_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && Syntax::from_path(p).is_some())
+        .collect();
+    found.sort();
+    found
 }
 
 /// Parses and validates manifest text already in memory.
@@ -143,4 +163,35 @@ pub fn job_schema() -> serde_json::Value {
         .into_generator()
         .into_root_schema_for::<Job>();
     schema.to_value()
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+    use miette::Diagnostic;
+
+    #[test]
+    fn a_directory_is_refused_naming_the_manifests_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.kdl", "a.yaml", "notes.txt"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, ManifestError::IsDirectory { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .ends_with("is a directory, not a job manifest"));
+        let help = err.help().map(|h| h.to_string()).unwrap_or_default();
+        let a = dir.path().join("a.yaml").display().to_string();
+        let b = dir.path().join("b.kdl").display().to_string();
+        assert_eq!(help, format!("manifests in it: {a}, {b}"));
+    }
+
+    #[test]
+    fn a_directory_without_manifests_says_what_to_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err();
+        let help = err.help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(help.contains(".yaml, .yml or .kdl"), "{help}");
+    }
 }
