@@ -1,6 +1,6 @@
 //! `sbxrun run JOB` (or just `sbxrun JOB`): run a job and write its reports.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::assets::{self, Asset};
 use crate::errors::{EXIT_INFRA, EXIT_USAGE};
@@ -18,6 +18,11 @@ pub struct Args {
     /// (default: `sbxrun-out/<job>-<timestamp>/`).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the previous run in a non-empty `--out` directory (one that
+    /// holds a `report.json`); without it such a directory is refused, so
+    /// two runs' artifacts never mix.
+    #[arg(long)]
+    pub force: bool,
     /// Most steps running at once (default: the job's `concurrency`, else
     /// twice the CPUs, 2 to 16).
     #[arg(long, short = 'j', value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -65,6 +70,14 @@ pub fn run(args: Args) -> i32 {
         eprint!("{}", crate::manifest::render(&e, true));
         return EXIT_USAGE;
     }
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
+    if let Err(e) = prepare_run_dir(&run_dir, args.force) {
+        eprintln!("sbxrun: {e}");
+        return EXIT_USAGE;
+    }
     let kvm = crate::host::probe_kvm();
     if !kvm.accessible {
         eprintln!(
@@ -89,10 +102,6 @@ pub fn run(args: Args) -> i32 {
         .map(|c| c as usize)
         .or(job.concurrency.as_ref().map(|c| c.value as usize))
         .unwrap_or_else(runner::default_concurrency);
-    let run_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
     let cache = assets::cache_dir();
     let scratch = cache.join("run");
     clean_scratch(&scratch);
@@ -130,5 +139,97 @@ pub fn run(args: Args) -> i32 {
             eprintln!("sbxrun: {}", crate::errors::chain(&e));
             EXIT_INFRA
         }
+    }
+}
+
+/// Why a run directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("run directory {} is not empty; pass --force to replace the run in it", .0.display())]
+    NotEmpty(PathBuf),
+    #[error(
+        "run directory {} is not empty and holds no report.json: it is not a run of ours, \
+         so --force does not remove it",
+        .0.display()
+    )]
+    NotARun(PathBuf),
+    #[error("run directory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Makes `dir` ready for a new run: absent or empty is fine; a previous run
+/// (it has a `report.json`) is removed with `force`; anything else is left
+/// alone and refused.
+pub fn prepare_run_dir(dir: &Path, force: bool) -> Result<(), RunDirError> {
+    let io = |source| RunDirError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    if !force {
+        return Err(RunDirError::NotEmpty(dir.to_owned()));
+    }
+    if !dir.join("report.json").is_file() {
+        return Err(RunDirError::NotARun(dir.to_owned()));
+    }
+    std::fs::remove_dir_all(dir).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_and_empty_run_dirs_are_used_as_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        prepare_run_dir(&tmp.path().join("new"), false).unwrap();
+        prepare_run_dir(tmp.path(), false).unwrap();
+        assert!(tmp.path().is_dir());
+    }
+
+    #[test]
+    fn a_previous_run_is_refused_unless_forced_then_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        std::fs::create_dir_all(dir.join("artifacts/build")).unwrap();
+        std::fs::write(dir.join("report.json"), "{}").unwrap();
+        std::fs::write(dir.join("artifacts/build/old.bin"), "old").unwrap();
+        let err = prepare_run_dir(&dir, false).unwrap_err();
+        assert!(matches!(err, RunDirError::NotEmpty(_)), "{err}");
+        assert!(err.to_string().contains("--force"));
+        assert!(dir.join("artifacts/build/old.bin").exists());
+        prepare_run_dir(&dir, true).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn force_never_removes_a_directory_that_is_not_a_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("thesis.tex"), "precious").unwrap();
+        let err = prepare_run_dir(tmp.path(), true).unwrap_err();
+        assert!(matches!(err, RunDirError::NotARun(_)), "{err}");
+        assert!(tmp.path().join("thesis.tex").exists());
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            prepare_run_dir(&file, true),
+            Err(RunDirError::Io { .. })
+        ));
     }
 }
