@@ -19,7 +19,10 @@ fn a_non_empty_run_directory_is_refused_before_anything_runs() {
         .expect("run sbxrun");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is not empty") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("is not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
     // The old run is untouched.
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), b"{}");
 }
