@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use sbxrun::assets;
-use sbxrun::host::probe_kvm;
-use sbxrun::pool::launch::VmShape;
-use sbxrun::pool::warm::{Pool, PoolConfig};
+use sbxrun_runner::assets;
+use sbxrun_runner::host::probe_kvm;
+use sbxrun_runner::pool::launch::VmShape;
+use sbxrun_runner::pool::warm::{Pool, PoolConfig};
 
 fn shape(jail: bool) -> VmShape {
     let shape = VmShape::from_default_assets(256, 1)
@@ -26,7 +26,7 @@ fn pool(jail: bool) -> Pool {
         warm: 0,
         console_dir: None,
     })
-    .unwrap_or_else(|e| panic!("cannot open the pool: {}", sbxrun::errors::chain(&e)))
+    .unwrap_or_else(|e| panic!("cannot open the pool: {}", sbxrun_runner::errors::chain(&e)))
 }
 
 struct Stats {
@@ -63,7 +63,7 @@ fn main() {
         );
         std::process::exit(3);
     }
-    sbxrun::pool::vm::set_vmm_executable(env!("CARGO_BIN_EXE_sbxrun").into());
+    sbxrun_runner::pool::vm::set_vmm_executable(env!("CARGO_BIN_EXE_sbxrun").into());
     let runs: usize = std::env::var("SBXRUN_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -80,14 +80,14 @@ fn main() {
     for _ in 0..runs {
         let lease = jailed_pool
             .acquire()
-            .unwrap_or_else(|e| panic!("jailed restore: {}", sbxrun::errors::chain(&e)));
+            .unwrap_or_else(|e| panic!("jailed restore: {}", sbxrun_runner::errors::chain(&e)));
         assert!(lease.vm.jailed());
         jailed.push(ms(lease.restore_time));
         jail_setup.push(lease.vm.jail_us as f64 / 1e3);
         drop(lease);
         let lease = open_pool
             .acquire()
-            .unwrap_or_else(|e| panic!("unjailed restore: {}", sbxrun::errors::chain(&e)));
+            .unwrap_or_else(|e| panic!("unjailed restore: {}", sbxrun_runner::errors::chain(&e)));
         open.push(ms(lease.restore_time));
         drop(lease);
     }

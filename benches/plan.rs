@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use sbxrun::manifest::{load_source, parse_tree, SourceFile, Syntax};
-use sbxrun::plan::{Plan, Selection};
+use sbxrun_runner::manifest::{load_source, parse_tree, SourceFile, Syntax};
+use sbxrun_runner::plan::{Plan, Selection};
 
 const CHAINS: usize = 40;
 const CHAIN_LEN: usize = 200;

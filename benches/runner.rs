@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use sbxrun::artifacts::{pack_inputs, unpack_outputs, InputItem, OutputLimits};
+use sbxrun_runner::artifacts::{pack_inputs, unpack_outputs, InputItem, OutputLimits};
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -91,7 +91,7 @@ fn artifacts_throughput(mib: usize) {
 }
 
 fn job_bench(steps: usize, width: usize, concurrency: usize) {
-    if !sbxrun::host::probe_kvm().accessible {
+    if !sbxrun_runner::host::probe_kvm().accessible {
         println!("job benchmark skipped: /dev/kvm is not usable");
         return;
     }

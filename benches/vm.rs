@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest_init::proto::{Command, RunRequest, User};
-use sbxrun::assets::{self, Asset};
-use sbxrun::host::probe_kvm;
-use sbxrun::pool::launch::{boot_cold, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
-use sbxrun::pool::session::{self, fresh_seed, host_clock_ns};
-use sbxrun::pool::warm::{LeasedVm, Pool, PoolConfig};
-use sbxrun::pool::OutputStream;
+use sbxrun_runner::assets::{self, Asset};
+use sbxrun_runner::host::probe_kvm;
+use sbxrun_runner::pool::launch::{boot_cold, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use sbxrun_runner::pool::session::{self, fresh_seed, host_clock_ns};
+use sbxrun_runner::pool::warm::{LeasedVm, Pool, PoolConfig};
+use sbxrun_runner::pool::OutputStream;
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -77,7 +77,7 @@ fn run(lease: &mut LeasedVm, script: &str, user: User) -> (Duration, usize) {
             }
         },
     )
-    .unwrap_or_else(|e| panic!("run failed: {}", sbxrun::errors::chain(&e)));
+    .unwrap_or_else(|e| panic!("run failed: {}", sbxrun_runner::errors::chain(&e)));
     (outcome.wall, bytes)
 }
 
@@ -129,7 +129,7 @@ fn main() {
         exe.exists(),
         "build the VMM first: cargo build --release --bin sbxrun"
     );
-    sbxrun::pool::vm::set_vmm_executable(exe);
+    sbxrun_runner::pool::vm::set_vmm_executable(exe);
     let get = |a| assets::require(a, None).unwrap_or_else(|e| panic!("{e}"));
     let shape = VmShape {
         kernel: get(Asset::Kernel),
@@ -168,14 +168,14 @@ fn main() {
         )
         .unwrap();
         let booted = boot_cold(&shape, &disks, "", None, None)
-            .unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+            .unwrap_or_else(|e| panic!("{}", sbxrun_runner::errors::chain(&e)));
         boots.push(booted.boot_time);
         vmm_setup.push(Duration::from_micros(booted.vm.setup_us));
     }
     summary("cold boot -> guest-init ready", boots);
     summary("  of which VMM setup (spawn excluded)", vmm_setup);
 
-    let cache = sbxrun::assets::cache_dir();
+    let cache = sbxrun_runner::assets::cache_dir();
     let config = |warm| PoolConfig {
         cache: cache.clone(),
         scratch: scratch.path().join("pool"),
@@ -183,7 +183,8 @@ fn main() {
         warm,
         console_dir: None,
     };
-    let pool = Pool::open(config(0)).unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+    let pool =
+        Pool::open(config(0)).unwrap_or_else(|e| panic!("{}", sbxrun_runner::errors::chain(&e)));
     let mut restores = Vec::new();
     let mut restore_setup = Vec::new();
     let mut second_pings = Vec::new();
@@ -210,7 +211,7 @@ fn main() {
         cache: scratch.path().join("own-cache"),
         ..config(0)
     })
-    .unwrap_or_else(|e| panic!("{}", sbxrun::errors::chain(&e)));
+    .unwrap_or_else(|e| panic!("{}", sbxrun_runner::errors::chain(&e)));
     let made = Instant::now();
     let own_snapshot = own_pool.snapshot().meta.clone();
     let restore_times = |n: usize| -> Vec<Duration> {

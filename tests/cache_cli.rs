@@ -6,8 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sbxrun::pool::snapshot::SnapshotMeta;
-use sbxrun::vmm::snapshot::{encode, FORMAT_MAJOR, FORMAT_MINOR};
+use sbxrun_proto::snapshot_file::{encode, FORMAT_MAJOR, FORMAT_MINOR};
+use sbxrun_runner::pool::snapshot::SnapshotMeta;
 
 /// A pid no process can have: above the kernel's pid_max ceiling (2^22).
 const DEAD_PID: u32 = 4_000_000_000;

@@ -30,7 +30,7 @@ fn exec_boots_a_directory_image() {
     let root = tree.path();
     fs::create_dir(root.join("bin")).unwrap();
     // The default image's busybox: a static binary known to run in the guest.
-    let default_image = sbxrun::assets::Asset::Image.default_path();
+    let default_image = sbxrun_runner::assets::Asset::Image.default_path();
     let busybox = root.join("bin/busybox");
     let out = Command::new("debugfs")
         .arg("-R")

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{default_shape, exec, text};
-use sbxrun::jail::selftest::Probe;
-use sbxrun::pool::launch::StepDisks;
-use sbxrun::pool::warm::{Pool, PoolConfig};
-use sbxrun::pool::{VmHandle, VmHandleError};
-use sbxrun::vmm::api::{VmConfig, VmExit};
+use sbxrun_jail::selftest::Probe;
+use sbxrun_proto::control::{VmConfig, VmExit};
+use sbxrun_runner::pool::launch::StepDisks;
+use sbxrun_runner::pool::warm::{Pool, PoolConfig};
+use sbxrun_runner::pool::{VmHandle, VmHandleError};
 
 fn selftest_config() -> VmConfig {
     let no_disks = StepDisks {
@@ -133,7 +133,7 @@ fn status_field(pid: &str, field: &str) -> String {
 fn a_restored_vmm_runs_unprivileged_in_its_own_namespaces_and_cgroup() {
     let shape = default_shape();
     common::warm_snapshot();
-    let cache = sbxrun::assets::cache_dir();
+    let cache = sbxrun_runner::assets::cache_dir();
     let pool = Pool::open(PoolConfig {
         scratch: cache.join("run"),
         cache,

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use sbxrun::manifest::{self, render};
-use sbxrun::plan::{Plan, Selection};
+use sbxrun_runner::manifest::{self, render};
+use sbxrun_runner::plan::{Plan, Selection};
 
 /// What `sbxrun validate` prints for a manifest, without colour.
 fn diagnose(path: &Path) -> Option<String> {

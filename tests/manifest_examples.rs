@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sbxrun::manifest::{self, job_schema, parse_tree, render, SourceFile, Syntax};
-use sbxrun::plan::{Plan, Selection};
+use sbxrun_runner::manifest::{self, job_schema, parse_tree, render, SourceFile, Syntax};
+use sbxrun_runner::plan::{Plan, Selection};
 
 const SCHEMA: &str = "schemas/job.schema.json";
 

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 
-use sbxrun::manifest::{load_source, ByteSize, Duration, EgressRule, SourceFile, Syntax};
-use sbxrun::plan::{Plan, Selection};
+use sbxrun_runner::manifest::{load_source, ByteSize, Duration, EgressRule, SourceFile, Syntax};
+use sbxrun_runner::plan::{Plan, Selection};
 
 const SEED_YAML: &str = include_str!("../fixtures/manifests/valid/full.yaml");
 const SEED_KDL: &str = include_str!("../fixtures/manifests/valid/full.kdl");

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guest_init::proto::{Command, ExitStatus, RunRequest, User};
-use sbxrun::assets::cache_dir;
-use sbxrun::pool::session::{self, fresh_seed, host_clock_ns};
-use sbxrun::pool::snapshot::{self, SnapshotError};
-use sbxrun::pool::warm::{LeasedVm, Pool, PoolConfig};
-use sbxrun::pool::OutputStream;
+use sbxrun_runner::assets::cache_dir;
+use sbxrun_runner::pool::session::{self, fresh_seed, host_clock_ns};
+use sbxrun_runner::pool::snapshot::{self, SnapshotError};
+use sbxrun_runner::pool::warm::{LeasedVm, Pool, PoolConfig};
+use sbxrun_runner::pool::OutputStream;
 
 fn request(cmd: Command, user: User, stdin: Option<Vec<u8>>) -> RunRequest {
     RunRequest {
@@ -47,7 +47,7 @@ fn run(
             OutputStream::Stderr => err.extend_from_slice(b),
         },
     )
-    .unwrap_or_else(|e| panic!("run failed: {}", sbxrun::errors::chain(&e)));
+    .unwrap_or_else(|e| panic!("run failed: {}", sbxrun_runner::errors::chain(&e)));
     (outcome.exited.status, out, err)
 }
 
@@ -60,7 +60,7 @@ fn pool_in(cache: PathBuf, warm: usize) -> Pool {
         warm,
         console_dir: None,
     })
-    .unwrap_or_else(|e| panic!("cannot open the pool: {}", sbxrun::errors::chain(&e)))
+    .unwrap_or_else(|e| panic!("cannot open the pool: {}", sbxrun_runner::errors::chain(&e)))
 }
 
 #[test]
@@ -222,12 +222,18 @@ fn runners_racing_to_create_one_snapshot_both_succeed() {
             std::process::Command::new(&exe)
                 .args(["exec", "--", "echo", "raced"])
                 .env("SBXRUN_CACHE_DIR", cache.path())
-                .env("SBXRUN_KERNEL", sbxrun::assets::Asset::Kernel.resolve(None))
+                .env(
+                    "SBXRUN_KERNEL",
+                    sbxrun_runner::assets::Asset::Kernel.resolve(None),
+                )
                 .env(
                     "SBXRUN_INITRAMFS",
-                    sbxrun::assets::Asset::Initramfs.resolve(None),
+                    sbxrun_runner::assets::Asset::Initramfs.resolve(None),
                 )
-                .env("SBXRUN_IMAGE", sbxrun::assets::Asset::Image.resolve(None))
+                .env(
+                    "SBXRUN_IMAGE",
+                    sbxrun_runner::assets::Asset::Image.resolve(None),
+                )
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

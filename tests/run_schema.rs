@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use sbxrun::report::report_schema;
+use sbxrun_runner::report::report_schema;
 
 const SCHEMA: &str = "schemas/report.schema.json";
 

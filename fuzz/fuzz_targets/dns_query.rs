@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use sbxrun::egress::dns;
-use sbxrun::egress::EgressPolicy;
+use sbxrun_egress::dns;
+use sbxrun_egress::EgressPolicy;
 
 fuzz_target!(|data: &[u8]| {
     let _ = dns::query_id(data);

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sbxrun::manifest::{load_source, SourceFile, Syntax};
-use sbxrun::plan::{Plan, Selection};
+use sbxrun_runner::manifest::{load_source, SourceFile, Syntax};
+use sbxrun_runner::plan::{Plan, Selection};
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks the syntax, the rest is the manifest.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sbxrun::egress::{sniff, Sniff, SNIFF_LIMIT};
+use sbxrun_egress::{sniff, Sniff, SNIFF_LIMIT};
 
 fuzz_target!(|data: &[u8]| {
     let verdict = sniff(data);

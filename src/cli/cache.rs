@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::units::{format_age, format_bytes};
-use crate::assets;
-use crate::errors::{chain, EXIT_INFRA, EXIT_OK};
-use crate::pool::cache::{
+use sbxrun_runner::assets;
+use sbxrun_runner::errors::{chain, EXIT_INFRA, EXIT_OK};
+use sbxrun_runner::pool::cache::{
     self, plan_clean, remove_entry, short_key, AssetEntry, CleanScope, Inventory, ScratchEntry,
     SnapshotEntry, SnapshotState, Usage,
 };

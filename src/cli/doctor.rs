@@ -4,9 +4,9 @@ use super::stdout::outln;
 use clap::Args;
 use serde::Serialize;
 
-use crate::assets::Asset;
-use crate::errors::{EXIT_INFRA, EXIT_OK};
-use crate::host::{probe_kvm, KvmFlavour};
+use sbxrun_runner::assets::Asset;
+use sbxrun_runner::errors::{EXIT_INFRA, EXIT_OK};
+use sbxrun_runner::host::{probe_kvm, KvmFlavour};
 
 /// Arguments of `sbxrun doctor`.
 #[derive(Debug, Args)]

@@ -8,13 +8,15 @@ use clap::Args;
 use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
 
 use super::units::{parse_duration, parse_size};
-use crate::assets::{self, Asset};
-use crate::errors::{EXIT_INFRA, EXIT_USAGE};
-use crate::pool::launch::{boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
-use crate::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
-use crate::pool::VmHandle;
-use crate::pool::{resolve_image, session, OutputStream, RunError};
-use crate::report::GuestTimings;
+use sbxrun_runner::assets::{self, Asset};
+use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
+use sbxrun_runner::pool::launch::{
+    boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES,
+};
+use sbxrun_runner::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
+use sbxrun_runner::pool::VmHandle;
+use sbxrun_runner::pool::{resolve_image, session, OutputStream, RunError};
+use sbxrun_runner::report::GuestTimings;
 
 /// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -81,7 +83,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 /// Runs `sbxrun exec`; returns the exit code.
 pub fn run(args: ExecArgs) -> i32 {
-    let kvm = crate::host::probe_kvm();
+    let kvm = sbxrun_runner::host::probe_kvm();
     if !kvm.accessible {
         eprintln!(
             "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
@@ -209,7 +211,7 @@ pub fn run(args: ExecArgs) -> i32 {
             127
         }
         Err(e) => {
-            eprintln!("sbxrun: {}", crate::errors::chain(&e));
+            eprintln!("sbxrun: {}", sbxrun_runner::errors::chain(&e));
             EXIT_INFRA
         }
     };
@@ -226,7 +228,7 @@ fn root_image(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if explicit.is_none() && !path.exists() {
         return assets::require(Asset::Image, None).map_err(|e| e.to_string());
     }
-    resolve_image(&path, &assets::cache_dir()).map_err(|e| crate::errors::chain(&e))
+    resolve_image(&path, &assets::cache_dir()).map_err(|e| sbxrun_runner::errors::chain(&e))
 }
 
 /// The VM `exec` runs in: restored from the pool, or cold-booted.
@@ -275,7 +277,7 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
         let guard = ScratchDir(dir);
         let extra = args.kernel_args.clone().unwrap_or_default();
         let booted = boot_cold(&shape, &disks, &extra, args.console_log.clone(), None)
-            .map_err(|e| crate::errors::chain(&e))?;
+            .map_err(|e| sbxrun_runner::errors::chain(&e))?;
         return Ok(ExecVm::Cold {
             booted: Box::new(booted),
             _scratch: guard,
@@ -289,11 +291,11 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
         warm: 0,
         console_dir: None,
     })
-    .map_err(|e| crate::errors::chain(&e))?;
+    .map_err(|e| sbxrun_runner::errors::chain(&e))?;
     let lease = match &args.console_log {
         Some(path) => pool.acquire_logged(path.clone()),
         None => pool.acquire(),
     }
-    .map_err(|e| crate::errors::chain(&e))?;
+    .map_err(|e| sbxrun_runner::errors::chain(&e))?;
     Ok(ExecVm::Restored(Box::new(lease)))
 }

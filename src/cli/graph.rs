@@ -3,8 +3,8 @@
 use super::stdout::out;
 use std::path::PathBuf;
 
-use crate::errors::EXIT_OK;
-use crate::plan::{Format, Selection};
+use sbxrun_runner::errors::EXIT_OK;
+use sbxrun_runner::plan::{Format, Selection};
 
 /// Arguments of `sbxrun graph`.
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,7 @@ pub mod validate;
 
 use clap::{Parser, Subcommand};
 
-use crate::errors::{EXIT_INFRA, EXIT_USAGE};
+use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
 
 /// Declarative batch jobs where every step runs in its own KVM microVM.
 #[derive(Debug, Parser)]
@@ -51,7 +51,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct JailSelftestArgs {
     /// open-host-file, inet-socket, ptrace, execve, mount, setuid, unlisted-syscall
-    pub probe: crate::jail::selftest::Probe,
+    pub probe: sbxrun_jail::selftest::Probe,
     /// Run the probe on a vCPU-kind thread (its filter) instead of the main one.
     #[arg(long)]
     pub vcpu: bool,
@@ -111,14 +111,14 @@ fn init_tracing() {
 }
 
 fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
-    use crate::jail::ThreadKind;
-    use crate::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
-    let adopt = |fd| crate::jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
+    use sbxrun_jail::ThreadKind;
+    use sbxrun_runner::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
+    let adopt = |fd| sbxrun_jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
     let net =
-        crate::jail::adopt_inherited_fd(CHILD_NET_FD).map(std::os::unix::net::UnixDatagram::from);
+        sbxrun_jail::adopt_inherited_fd(CHILD_NET_FD).map(std::os::unix::net::UnixDatagram::from);
     match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD), net) {
         (Ok(control), Ok(guest), Ok(net)) => match selftest {
-            None => crate::vmm::runtime::run(crate::vmm::runtime::Channels {
+            None => sbxrun_vmm::runtime::run(sbxrun_vmm::runtime::Channels {
                 control,
                 guest,
                 net,
@@ -131,7 +131,7 @@ fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
                 } else {
                     ThreadKind::Vmm
                 };
-                crate::vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
+                sbxrun_vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
             }
         },
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::assets::{self, Asset};
-use crate::errors::{EXIT_INFRA, EXIT_USAGE};
-use crate::plan::Selection;
-use crate::pool::warm::clean_scratch;
-use crate::report::console::{Console, LogFormat, Verbosity};
-use crate::runner::{self, PoolBase, RunOptions};
+use sbxrun_runner::assets::{self, Asset};
+use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
+use sbxrun_runner::plan::Selection;
+use sbxrun_runner::pool::warm::clean_scratch;
+use sbxrun_runner::report::console::{Console, LogFormat, Verbosity};
+use sbxrun_runner::runner::{self, PoolBase, RunOptions};
 
 /// Arguments of `sbxrun run`.
 #[derive(Debug, clap::Args)]
@@ -52,7 +52,7 @@ pub struct Args {
 }
 
 fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> {
-    crate::egress::broker::parse_override(text)
+    sbxrun_runner::broker::parse_override(text)
 }
 
 /// Runs the command; returns the exit code.
@@ -66,8 +66,9 @@ pub fn run(args: Args) -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if let Err(e) = crate::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some()) {
-        eprint!("{}", crate::manifest::render(&e, true));
+    if let Err(e) = sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
+    {
+        eprint!("{}", sbxrun_runner::manifest::render(&e, true));
         return EXIT_USAGE;
     }
     let run_dir = args
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> i32 {
         eprintln!("sbxrun: {e}");
         return EXIT_USAGE;
     }
-    let kvm = crate::host::probe_kvm();
+    let kvm = sbxrun_runner::host::probe_kvm();
     if !kvm.accessible {
         eprintln!(
             "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
@@ -136,7 +137,7 @@ pub fn run(args: Args) -> i32 {
             summary.exit_code
         }
         Err(e) => {
-            eprintln!("sbxrun: {}", crate::errors::chain(&e));
+            eprintln!("sbxrun: {}", sbxrun_runner::errors::chain(&e));
             EXIT_INFRA
         }
     }

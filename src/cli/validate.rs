@@ -4,9 +4,9 @@ use super::stdout::outln;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use crate::errors::{EXIT_OK, EXIT_USAGE};
-use crate::manifest::{self, Job};
-use crate::plan::{Plan, Selection};
+use sbxrun_runner::errors::{EXIT_OK, EXIT_USAGE};
+use sbxrun_runner::manifest::{self, Job};
+use sbxrun_runner::plan::{Plan, Selection};
 
 /// Arguments of `sbxrun validate`.
 #[derive(Debug, clap::Args)]

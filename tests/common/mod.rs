@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 
-use sbxrun::host::probe_kvm;
-use sbxrun::pool::launch::VmShape;
+use sbxrun_runner::host::probe_kvm;
+use sbxrun_runner::pool::launch::VmShape;
 
 /// Panics with a clear message unless this host can run VMs.
 pub fn require_kvm() {
@@ -31,7 +31,7 @@ pub fn sbxrun_exe() -> PathBuf {
 /// The default VM shape from the built assets.
 pub fn default_shape() -> VmShape {
     require_kvm();
-    sbxrun::pool::vm::set_vmm_executable(sbxrun_exe());
+    sbxrun_runner::pool::vm::set_vmm_executable(sbxrun_exe());
     VmShape::from_default_assets(256, 1)
         .unwrap_or_else(|e| panic!("integration tests need the guest assets: {e}"))
 }

@@ -1,0 +1,14 @@
+//! The VMM: runs inside the jailed `sbxrun __vmm` child process, one per
+//! microVM. The only crate that links `kvm-ioctls`.
+//!
+//! It hears from the runner only through `sbxrun_proto` messages on its
+//! control socket and broker channel. `unsafe` is confined to the KVM and
+//! guest-memory code in `vstate`, the virtqueue memory accessors and the
+//! descriptor handling of the network thread.
+
+mod boot;
+mod devices;
+pub mod net;
+mod netwire;
+pub mod runtime;
+mod vstate;
