@@ -9,8 +9,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::units::{format_age, format_bytes};
+use crate::errors::{CliError, CliResult, EXIT_INFRA, EXIT_OK};
 use sbxrun_runner::assets;
-use sbxrun_runner::errors::{chain, EXIT_INFRA, EXIT_OK};
+use sbxrun_runner::errors::chain;
 use sbxrun_runner::pool::cache::{
     self, plan_clean, remove_entry, short_key, AssetEntry, CleanScope, Inventory, ScratchEntry,
     SnapshotEntry, SnapshotState, Usage,
@@ -59,15 +60,9 @@ pub struct CleanArgs {
 }
 
 /// Runs `sbxrun cache …`; exit 0 on success, 3 on an I/O error.
-pub fn run(args: CacheArgs) -> i32 {
+pub fn run(args: CacheArgs) -> CliResult {
     let dir = assets::cache_dir();
-    let inv = match cache::scan(&dir) {
-        Ok(inv) => inv,
-        Err(e) => {
-            eprintln!("sbxrun: {}", chain(&e));
-            return EXIT_INFRA;
-        }
-    };
+    let inv = cache::scan(&dir).map_err(|e| CliError::infra(&e))?;
     match args.command {
         CacheCommand::Ls(a) => ls(&inv, a.json),
         CacheCommand::Clean(a) => clean(&inv, &a),
@@ -86,7 +81,7 @@ struct LsJson<'a> {
     scratch_total: Usage,
 }
 
-fn ls(inv: &Inventory, json: bool) -> i32 {
+fn ls(inv: &Inventory, json: bool) -> CliResult {
     if json {
         let out = LsJson {
             cache: &inv.cache,
@@ -97,17 +92,13 @@ fn ls(inv: &Inventory, json: bool) -> i32 {
             scratch: &inv.scratch,
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
         };
-        match serde_json::to_string_pretty(&out) {
-            Ok(text) => outln!("{text}"),
-            Err(e) => {
-                eprintln!("sbxrun: cannot write the listing as JSON: {e}");
-                return EXIT_INFRA;
-            }
-        }
+        let text = serde_json::to_string_pretty(&out)
+            .map_err(|e| CliError::Infra(format!("cannot write the listing as JSON: {e}")))?;
+        outln!("{text}");
     } else {
         out!("{}", render_ls(inv, now_unix()));
     }
-    EXIT_OK
+    Ok(EXIT_OK)
 }
 
 fn now_unix() -> u64 {
@@ -185,7 +176,7 @@ fn render_ls(inv: &Inventory, now: u64) -> String {
     out
 }
 
-fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
+fn clean(inv: &Inventory, args: &CleanArgs) -> CliResult {
     let scope = match (args.stale, args.all) {
         (true, _) => CleanScope::Stale,
         (_, true) => CleanScope::All,
@@ -259,11 +250,9 @@ fn clean(inv: &Inventory, args: &CleanArgs) -> i32 {
         };
         outln!("guest assets {verb}: `make assets` rebuilds them");
     }
-    if failed {
-        EXIT_INFRA
-    } else {
-        EXIT_OK
-    }
+    // Each entry that could not be removed was reported above; the others
+    // are gone, so this is the command's answer rather than one error.
+    Ok(if failed { EXIT_INFRA } else { EXIT_OK })
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use super::stdout::outln;
 use clap::Args;
 use serde::Serialize;
 
+use crate::errors::{CliResult, EXIT_INFRA, EXIT_OK};
 use sbxrun_runner::assets::Asset;
-use sbxrun_runner::errors::{EXIT_INFRA, EXIT_OK};
 use sbxrun_runner::host::{probe_kvm, KvmFlavour};
 
 /// Arguments of `sbxrun doctor`.
@@ -74,7 +74,7 @@ fn collect() -> Findings {
 }
 
 /// Runs `sbxrun doctor`; exit 0 when everything needed is present, 3 otherwise.
-pub fn run(args: DoctorArgs) -> i32 {
+pub fn run(args: DoctorArgs) -> CliResult {
     let findings = collect();
     if args.json {
         outln!(
@@ -94,9 +94,10 @@ pub fn run(args: DoctorArgs) -> i32 {
             }
         }
     }
-    if findings.checks.iter().all(|c| c.ok) {
+    // A failed check is the command's answer, printed above, not an error.
+    Ok(if findings.checks.iter().all(|c| c.ok) {
         EXIT_OK
     } else {
         EXIT_INFRA
-    }
+    })
 }

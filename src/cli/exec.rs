@@ -8,8 +8,8 @@ use clap::Args;
 use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
 
 use super::units::{parse_duration, parse_size};
+use crate::errors::{CliError, CliResult, EXIT_NOT_FOUND, EXIT_SIGNAL_BASE, EXIT_TIMEOUT};
 use sbxrun_runner::assets::{self, Asset};
-use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
 use sbxrun_runner::pool::launch::{
     boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES,
 };
@@ -17,9 +17,6 @@ use sbxrun_runner::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
 use sbxrun_runner::pool::VmHandle;
 use sbxrun_runner::pool::{resolve_image, session, OutputStream, RunError};
 use sbxrun_runner::report::GuestTimings;
-
-/// Exit code for a command that outlived `--timeout` (as timeout(1) uses).
-pub const EXIT_TIMEOUT: i32 = 124;
 
 /// Arguments of `sbxrun exec`.
 #[derive(Debug, Args)]
@@ -81,34 +78,18 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs `sbxrun exec`; returns the exit code.
-pub fn run(args: ExecArgs) -> i32 {
-    let kvm = sbxrun_runner::host::probe_kvm();
-    if !kvm.accessible {
-        eprintln!(
-            "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
-            kvm.error.as_deref().unwrap_or("unknown error")
-        );
-        return EXIT_INFRA;
-    }
+/// Runs `sbxrun exec`: the guest command's exit code, or the codes
+/// `errors` documents for a timeout, a missing command or a signal.
+pub fn run(args: ExecArgs) -> CliResult {
+    let kvm = super::require_kvm()?;
     let resolve = |asset, explicit: &Option<PathBuf>| {
-        assets::require(asset, explicit.as_deref()).map_err(|e| e.to_string())
+        assets::require(asset, explicit.as_deref()).map_err(|e| CliError::Infra(e.to_string()))
     };
-    let (kernel, initramfs, image) = match (
-        resolve(Asset::Kernel, &args.kernel),
-        resolve(Asset::Initramfs, &args.initramfs),
-        root_image(args.image.as_deref()),
-    ) {
-        (Ok(k), Ok(i), Ok(r)) => (k, i, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            eprintln!("sbxrun: {e}");
-            return EXIT_INFRA;
-        }
-    };
-    let Ok(memory_mib) = u32::try_from(args.memory >> 20) else {
-        eprintln!("sbxrun: --memory is too large");
-        return EXIT_USAGE;
-    };
+    let kernel = resolve(Asset::Kernel, &args.kernel)?;
+    let initramfs = resolve(Asset::Initramfs, &args.initramfs)?;
+    let image = root_image(args.image.as_deref()).map_err(CliError::Infra)?;
+    let memory_mib =
+        u32::try_from(args.memory >> 20).map_err(|_| CliError::usage("--memory is too large"))?;
     let shape = VmShape {
         kernel,
         initramfs,
@@ -120,13 +101,8 @@ pub fn run(args: ExecArgs) -> i32 {
         jail: !args.no_jail,
     };
     let started = Instant::now();
-    let mut vm = match start_vm(&args, shape) {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("sbxrun: cannot start the VM: {e}");
-            return EXIT_INFRA;
-        }
-    };
+    let mut vm =
+        start_vm(&args, shape).map_err(|e| CliError::Infra(format!("cannot start the VM: {e}")))?;
     let vm_ready = started.elapsed();
     let request = RunRequest {
         command: GuestCommand::Argv(args.command.clone()),
@@ -157,8 +133,7 @@ pub fn run(args: ExecArgs) -> i32 {
             OutputStream::Stderr => stderr.lock().write_all(bytes),
         };
     };
-    // The host deadline leaves the guest a moment to report its own timeout.
-    let host_timeout = args.timeout + Duration::from_secs(5);
+    let host_timeout = session::host_timeout(args.timeout);
     let result = session::run(vm.handle(), &request, host_timeout, &mut forward);
     if args.timings {
         let jail = if vm.handle().jailed() {
@@ -196,7 +171,7 @@ pub fn run(args: ExecArgs) -> i32 {
                 ExitStatus::Code(c) => c,
                 ExitStatus::Signal(s) => {
                     eprintln!("sbxrun: command killed by signal {s}");
-                    128 + s
+                    EXIT_SIGNAL_BASE + s
                 }
             }
         }
@@ -208,15 +183,12 @@ pub fn run(args: ExecArgs) -> i32 {
             if report.code == guest_init::proto::ErrorCode::CommandNotFound =>
         {
             eprintln!("sbxrun: {}", report.message);
-            127
+            EXIT_NOT_FOUND
         }
-        Err(e) => {
-            eprintln!("sbxrun: {}", sbxrun_runner::errors::chain(&e));
-            EXIT_INFRA
-        }
+        Err(e) => return Err(CliError::infra(&e)),
     };
     drop(vm);
-    code
+    Ok(code)
 }
 
 /// The ext4 file to boot: `--image` (or `SBXRUN_IMAGE`) as an ext4 file or

@@ -3,7 +3,7 @@
 use super::stdout::out;
 use std::path::PathBuf;
 
-use sbxrun_runner::errors::EXIT_OK;
+use crate::errors::{CliResult, EXIT_OK};
 use sbxrun_runner::plan::{Format, Selection};
 
 /// Arguments of `sbxrun graph`.
@@ -30,23 +30,19 @@ pub enum GraphFormat {
     Mermaid,
 }
 
-/// Runs the command; returns the exit code.
-pub fn run(args: Args) -> i32 {
+/// Runs the command.
+pub fn run(args: Args) -> CliResult {
     let selection = if args.only.is_empty() {
         Selection::All
     } else {
         Selection::Only(args.only)
     };
-    match super::validate::load_and_plan(&args.job, &selection) {
-        Ok((_, plan)) => {
-            let format = match args.format {
-                GraphFormat::Text => Format::Text,
-                GraphFormat::Dot => Format::Dot,
-                GraphFormat::Mermaid => Format::Mermaid,
-            };
-            out!("{}", plan.render(format));
-            EXIT_OK
-        }
-        Err(code) => code,
-    }
+    let (_, plan) = super::validate::load_and_plan(&args.job, &selection)?;
+    let format = match args.format {
+        GraphFormat::Text => Format::Text,
+        GraphFormat::Dot => Format::Dot,
+        GraphFormat::Mermaid => Format::Mermaid,
+    };
+    out!("{}", plan.render(format));
+    Ok(EXIT_OK)
 }

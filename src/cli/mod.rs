@@ -12,7 +12,7 @@ pub mod validate;
 
 use clap::{Parser, Subcommand};
 
-use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
+use crate::errors::{CliError, CliResult, EXIT_OK, EXIT_USAGE};
 
 /// Declarative batch jobs where every step runs in its own KVM microVM.
 #[derive(Debug, Parser)]
@@ -60,14 +60,17 @@ pub struct JailSelftestArgs {
     pub layers: bool,
 }
 
-/// Entry point used by `main`; returns the process exit code.
-pub fn main() -> i32 {
+/// Entry point used by `main`: the exit code of a command that ran, or
+/// the error that stopped it (which `main` prints).
+pub fn main() -> CliResult {
     init_tracing();
     let cli = match Cli::try_parse_from(with_run_shorthand(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
+            // clap renders its own usage errors (with colour and hints) and
+            // `--help`/`--version`, which are not errors.
             let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+            return Ok(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
     match cli.command {
@@ -101,6 +104,18 @@ fn with_run_shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
     args
 }
 
+/// The host's KVM, or why sbxrun cannot use it.
+fn require_kvm() -> Result<sbxrun_runner::host::KvmInfo, CliError> {
+    let kvm = sbxrun_runner::host::probe_kvm();
+    if !kvm.accessible {
+        return Err(CliError::Infra(format!(
+            "cannot use /dev/kvm: {}; run `sbxrun doctor`",
+            kvm.error.as_deref().unwrap_or("unknown error")
+        )));
+    }
+    Ok(kvm)
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SBXRUN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -110,14 +125,14 @@ fn init_tracing() {
         .try_init();
 }
 
-fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
+fn run_vmm(selftest: Option<JailSelftestArgs>) -> CliResult {
     use sbxrun_jail::ThreadKind;
     use sbxrun_runner::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
     let adopt = |fd| sbxrun_jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
     let net =
         sbxrun_jail::adopt_inherited_fd(CHILD_NET_FD).map(std::os::unix::net::UnixDatagram::from);
     match (adopt(CHILD_CONTROL_FD), adopt(CHILD_GUEST_FD), net) {
-        (Ok(control), Ok(guest), Ok(net)) => match selftest {
+        (Ok(control), Ok(guest), Ok(net)) => Ok(match selftest {
             None => sbxrun_vmm::runtime::run(sbxrun_vmm::runtime::Channels {
                 control,
                 guest,
@@ -133,10 +148,9 @@ fn run_vmm(selftest: Option<JailSelftestArgs>) -> i32 {
                 };
                 sbxrun_vmm::runtime::run_jail_selftest(control, args.probe, kind, !args.layers)
             }
-        },
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            eprintln!("sbxrun __vmm is started by sbxrun itself: {e}");
-            EXIT_INFRA
-        }
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(CliError::Infra(format!(
+            "__vmm is started by sbxrun itself: {e}"
+        ))),
     }
 }

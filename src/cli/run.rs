@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::errors::{CliError, CliResult, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED};
 use sbxrun_runner::assets::{self, Asset};
-use sbxrun_runner::errors::{EXIT_INFRA, EXIT_USAGE};
 use sbxrun_runner::plan::Selection;
 use sbxrun_runner::pool::warm::clean_scratch;
 use sbxrun_runner::report::console::{Console, LogFormat, Verbosity};
+use sbxrun_runner::report::RunStatus;
 use sbxrun_runner::runner::{self, PoolBase, RunOptions};
 
 /// Arguments of `sbxrun run`.
@@ -55,49 +56,28 @@ fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> 
     sbxrun_runner::broker::parse_override(text)
 }
 
-/// Runs the command; returns the exit code.
-pub fn run(args: Args) -> i32 {
+/// Runs the command.
+pub fn run(args: Args) -> CliResult {
     let selection = if args.only.is_empty() {
         Selection::All
     } else {
         Selection::Only(args.only.clone())
     };
-    let (job, plan) = match super::validate::load_and_plan(&args.job, &selection) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    if let Err(e) = sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
-    {
-        eprint!("{}", sbxrun_runner::manifest::render(&e, true));
-        return EXIT_USAGE;
-    }
+    let (job, plan) = super::validate::load_and_plan(&args.job, &selection)?;
+    sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
+        .map_err(|e| CliError::Manifest(sbxrun_runner::manifest::render(&e, true)))?;
     let run_dir = args
         .out
         .clone()
         .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
-    if let Err(e) = prepare_run_dir(&run_dir, args.force) {
-        eprintln!("sbxrun: {e}");
-        return EXIT_USAGE;
-    }
-    let kvm = sbxrun_runner::host::probe_kvm();
-    if !kvm.accessible {
-        eprintln!(
-            "sbxrun: cannot use /dev/kvm: {}; run `sbxrun doctor`",
-            kvm.error.as_deref().unwrap_or("unknown error")
-        );
-        return EXIT_INFRA;
-    }
-    let (kernel, initramfs, image) = match (
-        assets::require(Asset::Kernel, None),
-        assets::require(Asset::Initramfs, None),
-        assets::require(Asset::Image, None),
-    ) {
-        (Ok(k), Ok(i), Ok(r)) => (k, i, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            eprintln!("sbxrun: {e}");
-            return EXIT_INFRA;
-        }
-    };
+    prepare_run_dir(&run_dir, args.force).map_err(CliError::usage)?;
+    let kvm = super::require_kvm()?;
+    let require = |asset| assets::require(asset, None).map_err(|e| CliError::Infra(e.to_string()));
+    let (kernel, initramfs, image) = (
+        require(Asset::Kernel)?,
+        require(Asset::Initramfs)?,
+        require(Asset::Image)?,
+    );
     let concurrency = args
         .concurrency
         .map(|c| c as usize)
@@ -131,15 +111,20 @@ pub fn run(args: Args) -> i32 {
         resolve: args.resolve.iter().cloned().collect(),
     };
     let console = Console::new(verbosity, args.log_format);
-    match runner::run(&job, plan, opts) {
-        Ok(summary) => {
-            console.summary(&summary.report, &run_dir.display().to_string());
-            summary.exit_code
-        }
-        Err(e) => {
-            eprintln!("sbxrun: {}", sbxrun_runner::errors::chain(&e));
-            EXIT_INFRA
-        }
+    let summary = runner::run(&job, plan, opts).map_err(|e| CliError::infra(&e))?;
+    console.summary(&summary.report, &run_dir.display().to_string());
+    Ok(exit_code(summary.report.status))
+}
+
+/// The exit code of a run that finished, from its status.
+fn exit_code(status: RunStatus) -> i32 {
+    match status {
+        RunStatus::Passed => EXIT_OK,
+        RunStatus::Failed => EXIT_STEP_FAILED,
+        // A report of a run that ended is never still running; should one
+        // be, it did not succeed.
+        RunStatus::Infra | RunStatus::Running => EXIT_INFRA,
+        RunStatus::Interrupted => EXIT_INTERRUPTED,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use sbxrun_runner::errors::{EXIT_INFRA, EXIT_OK};
+use crate::errors::{EXIT_INFRA, EXIT_OK};
 
 /// Writes `text` to stdout; ends the process quietly (exit 0) when the
 /// reader has closed the pipe, and with a message and the infrastructure

@@ -4,7 +4,7 @@ use super::stdout::outln;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use sbxrun_runner::errors::{EXIT_OK, EXIT_USAGE};
+use crate::errors::{CliError, CliResult, EXIT_OK};
 use sbxrun_runner::manifest::{self, Job};
 use sbxrun_runner::plan::{Plan, Selection};
 
@@ -15,10 +15,11 @@ pub struct Args {
     pub job: PathBuf,
 }
 
-/// Runs the command; returns the exit code.
-pub fn run(args: Args) -> i32 {
-    match load_and_plan(&args.job, &Selection::All) {
-        Ok((job, plan)) => {
+/// Runs the command.
+pub fn run(args: Args) -> CliResult {
+    let (job, plan) = load_and_plan(&args.job, &Selection::All)?;
+    {
+        {
             outln!(
                 "{}: ok: job `{}`, {} step{}, {} instance{}",
                 args.job.display(),
@@ -28,23 +29,22 @@ pub fn run(args: Args) -> i32 {
                 plan.len(),
                 if plan.len() == 1 { "" } else { "s" },
             );
-            EXIT_OK
         }
-        Err(code) => code,
     }
+    Ok(EXIT_OK)
 }
 
-/// Loads and plans a manifest; on failure prints the diagnostic to stderr
-/// and returns the exit code.
-pub(crate) fn load_and_plan(path: &Path, selection: &Selection) -> Result<(Job, Plan), i32> {
+/// Loads and plans a manifest; a failure is the rendered diagnostic.
+pub(crate) fn load_and_plan(path: &Path, selection: &Selection) -> Result<(Job, Plan), CliError> {
     let job = manifest::load(path).map_err(|e| report(&e))?;
     let plan = Plan::new(&job, selection).map_err(|e| report(&e))?;
     Ok((job, plan))
 }
 
-fn report(e: &dyn miette::Diagnostic) -> i32 {
+/// A manifest diagnostic rendered for stderr: with colour and source
+/// excerpt on a terminal, plain text otherwise.
+pub(crate) fn report(e: &dyn miette::Diagnostic) -> CliError {
     let stderr = std::io::stderr();
     let plain = !stderr.is_terminal() || std::env::var_os("NO_COLOR").is_some();
-    eprint!("{}", manifest::render(e, plain));
-    EXIT_USAGE
+    CliError::Manifest(manifest::render(e, plain))
 }

@@ -71,6 +71,15 @@ pub fn ping(vm: &mut VmHandle, nonce: u64, timeout: Duration) -> Result<(), VmHa
     }
 }
 
+/// The host's hard deadline for a run whose guest-side timeout is
+/// `guest`: the guest must have time to kill the command, report its usage
+/// and pack the outputs after its own timeout fires, so the host waits
+/// 30 s plus a tenth of the timeout longer before it gives up on the VM.
+/// Every caller (the runner, `exec`) uses this one rule.
+pub fn host_timeout(guest: Duration) -> Duration {
+    guest + Duration::from_secs(30) + guest / 10
+}
+
 /// Runs `request`, passing output chunks to `on_output` as they arrive.
 /// The host-side `timeout` is a hard deadline; the guest-side one (in the
 /// request) should be shorter so the guest can report usage.
