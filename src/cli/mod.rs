@@ -127,7 +127,7 @@ fn init_tracing() {
 
 fn run_vmm(selftest: Option<JailSelftestArgs>) -> CliResult {
     use sbxrun_jail::ThreadKind;
-    use sbxrun_runner::pool::vm::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
+    use sbxrun_proto::control::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
     let adopt = |fd| sbxrun_jail::adopt_inherited_fd(fd).map(std::os::unix::net::UnixStream::from);
     let net =
         sbxrun_jail::adopt_inherited_fd(CHILD_NET_FD).map(std::os::unix::net::UnixDatagram::from);

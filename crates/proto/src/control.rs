@@ -14,6 +14,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Largest control frame either side accepts.
 pub const MAX_CONTROL_FRAME: usize = 1 << 20;
 
+/// Descriptor numbers of the channels a `__vmm` child inherits: the
+/// control stream (these messages).
+pub const CHILD_CONTROL_FD: i32 = 3;
+/// The guest's control-console byte stream, relayed by the runner.
+pub const CHILD_GUEST_FD: i32 = 4;
+/// The egress broker channel (seqpacket, carries descriptors).
+pub const CHILD_NET_FD: i32 = 5;
+
 /// Which host-side compatibility mode the VMM boots the guest in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -18,12 +18,7 @@ use sbxrun_proto::control::{
 };
 use sbxrun_proto::netchan;
 
-/// Descriptor numbers of the two channels in the child.
-pub const CHILD_CONTROL_FD: i32 = 3;
-/// See [`CHILD_CONTROL_FD`].
-pub const CHILD_GUEST_FD: i32 = 4;
-/// The egress broker channel (seqpacket, carries descriptors) in the child.
-pub const CHILD_NET_FD: i32 = 5;
+use sbxrun_proto::control::{CHILD_CONTROL_FD, CHILD_GUEST_FD, CHILD_NET_FD};
 
 /// Errors starting or talking to a VMM process.
 #[derive(Debug, thiserror::Error)]
