@@ -52,17 +52,6 @@ impl ImageConfig {
         }
         Ok(out)
     }
-
-    /// The layer diff ids (sha256 of each uncompressed layer) the config
-    /// lists, which a `docker save` archive names its layers by.
-    pub(crate) fn diff_ids(bytes: &[u8], digest: &str) -> KindResult<Vec<String>> {
-        let parsed = ImageConfiguration::from_reader(bytes).map_err(|e| ErrorKind::Malformed {
-            what: "image config",
-            digest: digest.to_owned(),
-            detail: e.to_string(),
-        })?;
-        Ok(parsed.rootfs().diff_ids().clone())
-    }
 }
 
 #[cfg(test)]

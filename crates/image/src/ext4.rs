@@ -12,7 +12,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -263,11 +262,6 @@ pub fn is_ext4(path: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Bytes `path` takes on disk.
-pub(crate) fn disk_bytes(path: &Path) -> u64 {
-    fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
 #[cfg(test)]
