@@ -237,7 +237,10 @@ fn used_inodes(dump: &str) -> Option<Vec<u64>> {
         if let Some(rest) = t.strip_prefix("Group ") {
             group = rest.split(':').next()?.trim().parse().ok();
         } else if let Some(list) = t.strip_prefix("Free inodes:") {
-            let g = group?;
+            // The superblock summary has a "Free inodes:" count of its own.
+            let Some(g) = group else {
+                continue;
+            };
             let first = g * per_group + 1;
             let last = first + per_group - 1;
             let mut free = Vec::new();
@@ -270,7 +273,7 @@ mod tests {
 
     #[test]
     fn used_inodes_are_the_complement_of_the_free_ranges() {
-        let dump = "Inodes per group:         8\n\nGroup 0: (Blocks 0-10)\n  Free inodes: 5-6, 8\nGroup 1: (Blocks 11-20)\n  Free inodes: 9-16\nGroup 2: (Blocks 21-30)\n  Free inodes: \n";
+        let dump = "Inodes per group:         8\nFree inodes:              9\n\nGroup 0: (Blocks 0-10)\n  Free inodes: 5-6, 8\nGroup 1: (Blocks 11-20)\n  Free inodes: 9-16\nGroup 2: (Blocks 21-30)\n  Free inodes: \n";
         assert_eq!(
             used_inodes(dump).unwrap(),
             vec![1, 2, 3, 4, 7, 17, 18, 19, 20, 21, 22, 23, 24]
