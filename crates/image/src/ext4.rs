@@ -6,9 +6,11 @@
 //! and directory hash seed (derived from the key, the manifest digest), the
 //! image size (from the tree), inode order (mke2fs walks each directory in
 //! sorted order) and the files' times (the layers set mtime and atime).
-//! The one thing mke2fs copies that nobody can set is each inode's ctime,
-//! the time the host file was last changed; a `debugfs` pass sets every
-//! used inode's ctime to the fixed time afterwards.
+//! Two times mke2fs copies from the host cannot be pinned there: each
+//! inode's ctime (the time the host file last changed, which nobody can
+//! set) and its atime (which reading the tree, mke2fs included, moves
+//! under `relatime`). A `debugfs` pass sets both to the fixed time on
+//! every used inode afterwards; mtimes stay the layers' own.
 
 use std::fs;
 use std::io::{self, Write};
@@ -201,6 +203,7 @@ pub fn build(tree: &Path, out: &Path, key_hex: &str) -> Result<(), Ext4Error> {
     for ino in used.into_iter().filter(|&i| i == 2 || i >= 11) {
         // Writing to a Vec cannot fail.
         let _ = writeln!(script, "sif <{ino}> ctime {FAKE_TIME}");
+        let _ = writeln!(script, "sif <{ino}> atime {FAKE_TIME}");
     }
     let script_path = out.with_extension("debugfs");
     fs::write(&script_path, &script).map_err(|source| Ext4Error::Output {
