@@ -210,23 +210,24 @@ impl Applier {
     }
 
     fn apply_tar(&mut self, stream: &mut dyn Read, format: &'static str) -> Result<(), LayerError> {
-        let mut archive = tar::Archive::new(&mut *stream);
         let mut touched = Touched::new();
         let mut opaque = Vec::new();
-        let entries = archive.entries().map_err(|e| classify(format, e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| classify(format, e))?;
-            self.entries += 1;
-            if self.entries > self.limits.max_entries {
-                return Err(LayerError::TooManyEntries {
-                    limit: self.limits.max_entries,
-                });
+        {
+            let mut archive = tar::Archive::new(&mut *stream);
+            let entries = archive.entries().map_err(|e| classify(format, e))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| classify(format, e))?;
+                self.entries += 1;
+                if self.entries > self.limits.max_entries {
+                    return Err(LayerError::TooManyEntries {
+                        limit: self.limits.max_entries,
+                    });
+                }
+                self.apply_entry(&mut entry, &mut touched, &mut opaque, format)?;
             }
-            self.apply_entry(&mut entry, &mut touched, &mut opaque, format)?;
         }
         // The tar's end marker may come before the compressed stream's end;
         // a stream that is cut short must still be noticed.
-        drop(archive);
         io::copy(stream, &mut io::sink()).map_err(|e| classify(format, e))?;
         // Opaque directories act after the whole layer is known, so the
         // order of entries in the tar does not matter.

@@ -22,9 +22,9 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 #[derive(Debug)]
 pub enum Document {
     /// A multi-platform index (OCI index or Docker manifest list).
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
     /// One image's manifest.
-    Manifest(ImageManifest),
+    Manifest(Box<ImageManifest>),
 }
 
 /// One blob the image needs.
@@ -53,7 +53,7 @@ pub fn parse(bytes: &[u8], digest: &str) -> KindResult<Document> {
         .unwrap_or("");
     if value.get("manifests").is_some() || media.contains("index") || media.contains("list") {
         return ImageIndex::from_reader(bytes)
-            .map(Document::Index)
+            .map(|i| Document::Index(Box::new(i)))
             .map_err(|e| malformed(e.to_string()));
     }
     if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
@@ -63,7 +63,7 @@ pub fn parse(bytes: &[u8], digest: &str) -> KindResult<Document> {
         });
     }
     ImageManifest::from_reader(bytes)
-        .map(Document::Manifest)
+        .map(|m| Document::Manifest(Box::new(m)))
         .map_err(|e| malformed(e.to_string()))
 }
 

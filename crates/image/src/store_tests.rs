@@ -106,7 +106,7 @@ fn stale_temporaries_of_dead_processes_are_removed_on_open() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(names, [mine.path.clone()]);
+    assert_eq!(names, std::slice::from_ref(&mine.path));
     drop(mine);
     assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
 }

@@ -80,7 +80,7 @@ fn oci_layout_resolves_and_is_cached_by_manifest_digest() {
     let store = Store::open(cache.path()).unwrap();
     let listed = store.list_images();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].record.names, [name.clone()]);
+    assert_eq!(listed[0].record.names, std::slice::from_ref(&name));
     assert_eq!(store.list_blobs().len(), 4, "manifest, config, two layers");
     assert_eq!(store.remove_image(&name).unwrap().len(), 1);
     assert!(store.list_images().is_empty());
