@@ -14,9 +14,10 @@ assets:
 build:
 	$(CARGO) build --release --bin sbxrun
 
-# The JUnit consumer the run tests validate reports with.
+# What the tests need beyond Rust: junitparser, and for the image crate a real
+# registry, skopeo, umoci and htpasswd (scripts/test-deps.sh says which and why).
 test-deps:
-	$(PYTHON) -c 'import junitparser' 2>/dev/null || $(PYTHON) -m pip install -q junitparser
+	PYTHON=$(PYTHON) ./scripts/test-deps.sh
 
 demo: assets build
 	./target/release/sbxrun doctor
