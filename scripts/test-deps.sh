@@ -2,9 +2,12 @@
 # Installs what the test suite needs beyond the Rust toolchain, only when it is
 # missing, so a second run takes a second:
 #   - junitparser: the JUnit consumer the run tests validate reports with;
-#   - docker-registry, skopeo, umoci, apache2-utils: the OCI image tests run a
-#     real registry (the CNCF distribution registry) on 127.0.0.1, push images
-#     with skopeo, build layouts with umoci and write bcrypt htpasswd files;
+#   - docker-registry, skopeo, apache2-utils: the OCI image tests run a real
+#     registry (the CNCF distribution registry) on 127.0.0.1, push images with
+#     skopeo (and make OCI/docker archives with it) and write bcrypt htpasswd
+#     files; umoci comes along for building test layouts by hand when
+#     debugging (the tests write their layouts themselves);
+#   - openssl: the token-auth test signs its JWTs with it;
 #   - e2fsprogs: mkfs.ext4 turns an image's tree into an ext4 file.
 set -eu
 
@@ -13,7 +16,7 @@ PYTHON=${PYTHON:-python3}
 
 missing=""
 for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci \
-    htpasswd:apache2-utils mkfs.ext4:e2fsprogs; do
+    htpasswd:apache2-utils mkfs.ext4:e2fsprogs openssl:openssl; do
     tool=${pair%%:*}
     pkg=${pair#*:}
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ] && [ ! -x "/usr/bin/$tool" ]; then

@@ -325,11 +325,10 @@ impl Ctx<'_> {
             match outcome {
                 Ok(()) => break,
                 // A dropped connection or a stalled read: resume where we are.
-                Err(e @ (ErrorKind::Timeout { .. } | ErrorKind::Registry { .. }))
+                Err(ErrorKind::Timeout { .. } | ErrorKind::Registry { .. })
                     if attempt < self.settings.retries =>
                 {
                     attempt += 1;
-                    let _ = e;
                 }
                 Err(e) => return Err(e),
             }

@@ -314,8 +314,8 @@ impl Store {
     ) -> KindResult<(String, u64)> {
         if let Some(d) = expected {
             if self.has_blob(d) {
-                // Drain nothing: the caller's stream position does not matter
-                // to the archive readers, which skip unread entry data.
+                // Already here (verified when it came in): no need to read
+                // it; archive readers skip an entry's unread data themselves.
                 return Ok((
                     d.to_owned(),
                     fs::metadata(self.blob_path(d)?).map_or(0, |m| m.len()),

@@ -187,6 +187,15 @@ pub struct Registry {
 impl Registry {
     /// Starts one; with `htpasswd`, it requires basic auth for those users.
     pub fn start(htpasswd: Option<&[(&str, &str)]>) -> Registry {
+        Registry::start_with(htpasswd, None)
+    }
+
+    /// Starts one with `auth_yaml` as its `auth:` section (token auth).
+    pub fn start_with_auth(auth_yaml: &str) -> Registry {
+        Registry::start_with(None, Some(auth_yaml))
+    }
+
+    fn start_with(htpasswd: Option<&[(&str, &str)]>, auth_yaml: Option<&str>) -> Registry {
         let bin = require("docker-registry");
         let storage = tempfile::tempdir().unwrap();
         let config = tempfile::tempdir().unwrap();
@@ -223,6 +232,9 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 file.display()
             ));
+        }
+        if let Some(auth) = auth_yaml {
+            yaml.push_str(auth);
         }
         let cfg = config.path().join("config.yml");
         fs::write(&cfg, yaml).unwrap();
