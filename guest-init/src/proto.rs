@@ -139,6 +139,9 @@ pub enum User {
     Unprivileged,
     /// uid/gid 0.
     Root,
+    /// The user a container image's config names, resolved by the host in
+    /// the image's own `/etc/passwd` and `/etc/group`.
+    Ids { uid: u32, gid: u32 },
 }
 
 /// Resource limits applied to the step (soft = hard). `None` keeps the

@@ -53,9 +53,16 @@ pub enum Flow {
 /// The step's environment: defaults for the user, then the request's
 /// variables (a later definition of a name replaces an earlier one in place).
 pub fn step_env(user: User, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let uid_name;
     let (home, name) = match user {
-        User::Root => ("/root", "root"),
+        User::Root | User::Ids { uid: 0, .. } => ("/root", "root"),
         User::Unprivileged => (proto::DEFAULT_CWD, "sbx"),
+        // The image's own passwd names the user; the number is what the
+        // step can rely on without reading it.
+        User::Ids { uid, .. } => {
+            uid_name = uid.to_string();
+            ("/", uid_name.as_str())
+        }
     };
     let mut env: Vec<(String, String)> = [
         ("PATH", DEFAULT_PATH),
@@ -131,7 +138,11 @@ fn build_spec(req: &RunRequest, stdio: [i32; 3]) -> io::Result<SpawnSpec> {
         envp: cstrings(env_strings.iter().map(String::as_str))?,
         root: sys::cstr(STEP_ROOT)?,
         cwd: sys::cstr(&req.cwd)?,
-        ids: (req.user == User::Unprivileged).then_some((SBX_ID, SBX_ID)),
+        ids: match req.user {
+            User::Unprivileged => Some((SBX_ID, SBX_ID)),
+            User::Root => None,
+            User::Ids { uid, gid } => Some((uid, gid)),
+        },
         rlimits: rlimit_pairs(&req.rlimits),
         stdio,
     })

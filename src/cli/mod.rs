@@ -5,6 +5,7 @@ pub mod cache;
 mod doctor;
 mod exec;
 pub mod graph;
+mod image;
 pub mod run;
 mod stdout;
 pub mod units;
@@ -38,6 +39,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// List or remove cached VM snapshots and built guest assets.
     Cache(cache::CacheArgs),
+    /// Pull, list, inspect or remove container images.
+    Image(image::ImageArgs),
     /// Internal: the VMM process of one microVM (started by sbxrun itself).
     #[command(name = "__vmm", hide = true)]
     Vmm,
@@ -80,6 +83,7 @@ pub fn main() -> CliResult {
         Command::Graph(args) => graph::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Cache(args) => cache::run(args),
+        Command::Image(args) => image::run(args),
         Command::Vmm => run_vmm(None),
         Command::JailSelftest(args) => run_vmm(Some(args)),
     }

@@ -50,6 +50,8 @@ pub struct Args {
     /// you named them. Repeatable.
     #[arg(long, value_name = "NAME=IP[,IP...]", value_parser = parse_resolve)]
     pub resolve: Vec<(String, Vec<std::net::IpAddr>)>,
+    #[command(flatten)]
+    pub pull: super::image::PullArgs,
 }
 
 fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> {
@@ -106,6 +108,8 @@ pub fn run(args: Args) -> CliResult {
             flavour: kvm.flavour,
             console_dir: run_dir.join("logs").join(".vm"),
             warm,
+            images: args.pull.options(),
+            image_progress: super::image::progress(args.log_format),
         },
         console,
         resolve: args.resolve.iter().cloned().collect(),

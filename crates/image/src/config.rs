@@ -26,6 +26,11 @@ pub struct ImageConfig {
     /// Whether `/bin/sh` resolves to a file in the final tree (following
     /// symlinks inside the image, as the guest would).
     pub has_sh: bool,
+    /// `user` as numeric (uid, gid), looked up in the final tree's
+    /// `/etc/passwd` and `/etc/group` for names; `None` when the image sets
+    /// no user or names one the tree does not define.
+    #[serde(default)]
+    pub user_ids: Option<(u32, u32)>,
 }
 
 impl ImageConfig {
@@ -54,9 +59,57 @@ impl ImageConfig {
     }
 }
 
+/// Resolves a config `User` (`name`, `uid`, `name:group`, `uid:gid`) the
+/// way Docker does: names through the image's own `/etc/passwd` and
+/// `/etc/group`; a uid without a group takes its passwd entry's group, or
+/// group 0 when it has no entry. `None` when a name is not defined.
+pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Option<(u32, u32)> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    // passwd: name:x:uid:gid:gecos:home:shell
+    let entries = passwd.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((
+            f.first()?.to_owned(),
+            f.get(2)?.parse::<u32>().ok()?,
+            f.get(3)?.parse::<u32>().ok()?,
+        ))
+    });
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => entries.clone().find(|e| e.1 == uid).or(Some(("", uid, 0))),
+        Err(_) => entries.clone().find(|e| e.0 == user),
+    }?;
+    let gid = match grp {
+        None => entry.2,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&g)).then(|| f.get(2)?.parse::<u32>().ok())?
+            })?,
+        },
+    };
+    Some((entry.1, gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_resolve_like_docker() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1001:1002::/app:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\napp:x:1002:\n";
+        assert_eq!(resolve_user("app", passwd, group), Some((1001, 1002)));
+        assert_eq!(resolve_user("app:staff", passwd, group), Some((1001, 50)));
+        assert_eq!(resolve_user("1001", passwd, group), Some((1001, 1002)));
+        assert_eq!(resolve_user("4242", passwd, group), Some((4242, 0)));
+        assert_eq!(resolve_user("4242:7", passwd, group), Some((4242, 7)));
+        assert_eq!(resolve_user("nobody", passwd, group), None);
+        assert_eq!(resolve_user("app:nogroup", passwd, group), None);
+    }
 
     #[test]
     fn docker_style_config_is_summarised() {

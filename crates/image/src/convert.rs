@@ -174,6 +174,13 @@ fn build(
         source,
     })?;
     config.has_sh = stats.has_sh;
+    config.user_ids = config.user.as_deref().and_then(|spec| {
+        crate::config::resolve_user(
+            spec,
+            &etc_file(&tree.path, "passwd"),
+            &etc_file(&tree.path, "group"),
+        )
+    });
     progress.event(&Event::BuildingExt4);
     let out = store.temp_file("ext4")?;
     let hex = digest_hex(digest).unwrap_or_default();
@@ -196,4 +203,26 @@ fn build(
     store.get_image(digest).ok_or_else(|| {
         ErrorKind::cache("read back", dir, io::Error::other("image record vanished"))
     })
+}
+
+/// `etc/NAME` of the unpacked tree, empty when it is missing or when it or
+/// `etc` is a symlink: a layer controls both, and reading through a link
+/// could read the host's file instead of the image's.
+fn etc_file(root: &std::path::Path, name: &str) -> String {
+    let etc = root.join("etc");
+    let file = etc.join(name);
+    let plain = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
+    };
+    if !plain(&etc) || !plain(&file) {
+        return String::new();
+    }
+    // /etc/passwd of a sane image is a few KiB; cap what a hostile one costs.
+    std::fs::File::open(&file)
+        .and_then(|f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text)?;
+            Ok(text)
+        })
+        .unwrap_or_default()
 }

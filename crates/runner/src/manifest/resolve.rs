@@ -1,7 +1,7 @@
 //! A step's effective settings: the step's own value, else the job's
 //! `defaults`, else the built-in default. The runner reads only these.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::egress::{Egress, OnViolation};
 use super::model::{Job, Step, User};
@@ -12,12 +12,64 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::secs(600);
 const MI: u64 = 1024 * 1024;
 
 /// The root image a step boots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageRef {
-    /// A named image from the image store (`default`).
+    /// The built-in image (`default`).
     Name(String),
     /// A directory or ext4 file, resolved against the manifest's directory.
     Path(PathBuf),
+    /// A container image: a registry reference (`python:3.12`,
+    /// `127.0.0.1:5000/grader:2024`, `docker://…`) or an `oci:`,
+    /// `oci-archive:` or `docker-archive:` source whose path has been made
+    /// absolute against the manifest's directory.
+    Container(String),
+}
+
+impl ImageRef {
+    /// What `image:` means, read the way `docs/manifest.md` documents:
+    /// `default` is the built-in image; a transport prefix (`docker://`,
+    /// `oci:`, `oci-archive:`, `docker-archive:`) says what follows; a
+    /// string that starts like a path (`/`, `./`, `../`) or names something
+    /// that exists next to the manifest is a path; anything else is a
+    /// registry reference, normalised as Docker does.
+    pub fn classify(image: &str, manifest_dir: &Path) -> ImageRef {
+        if image == "default" {
+            return ImageRef::Name(image.to_owned());
+        }
+        for transport in ["oci-archive", "oci", "docker-archive"] {
+            if let Some(rest) = image
+                .strip_prefix(transport)
+                .and_then(|r| r.strip_prefix(':'))
+            {
+                let (path, tail) = match rest.split_once(':') {
+                    Some((p, t)) => (p, Some(t)),
+                    None => (rest, None),
+                };
+                if path.is_empty() {
+                    // Left for the parser to name as an error.
+                    return ImageRef::Container(image.to_owned());
+                }
+                let mut absolute = format!("{transport}:{}", manifest_dir.join(path).display());
+                if let Some(tail) = tail {
+                    absolute.push(':');
+                    absolute.push_str(tail);
+                }
+                return ImageRef::Container(absolute);
+            }
+        }
+        if image.starts_with("docker://") {
+            return ImageRef::Container(image.to_owned());
+        }
+        let looks_like_path = image.starts_with('/')
+            || image.starts_with("./")
+            || image.starts_with("../")
+            || image == "."
+            || image == "..";
+        if looks_like_path || manifest_dir.join(image).exists() {
+            return ImageRef::Path(manifest_dir.join(image));
+        }
+        ImageRef::Container(image.to_owned())
+    }
 }
 
 /// Everything about how one step runs, with all defaults applied.
@@ -60,11 +112,7 @@ impl Job {
             .as_ref()
             .or(d.image.as_ref())
             .map_or("default", |s| s.as_str());
-        let image = if image.contains('/') || image.starts_with('.') {
-            ImageRef::Path(self.source.dir.join(image))
-        } else {
-            ImageRef::Name(image.to_owned())
-        };
+        let image = ImageRef::classify(image, &self.source.dir);
         let res = |f: fn(&super::model::Resources) -> Option<u64>| {
             step.resources
                 .as_ref()
@@ -118,5 +166,57 @@ impl Job {
                 lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_strings_are_read_as_documented() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootdir")).unwrap();
+        let d = dir.path();
+        let container = |s: &str| ImageRef::Container(s.to_owned());
+        assert_eq!(
+            ImageRef::classify("default", d),
+            ImageRef::Name("default".into())
+        );
+        assert_eq!(
+            ImageRef::classify("python:3.12", d),
+            container("python:3.12")
+        );
+        assert_eq!(
+            ImageRef::classify("127.0.0.1:5000/team/img:1", d),
+            container("127.0.0.1:5000/team/img:1")
+        );
+        assert_eq!(
+            ImageRef::classify("docker://busybox", d),
+            container("docker://busybox")
+        );
+        // A name that exists next to the manifest is a path, as is
+        // anything that starts like one.
+        assert_eq!(
+            ImageRef::classify("rootdir", d),
+            ImageRef::Path(d.join("rootdir"))
+        );
+        assert_eq!(
+            ImageRef::classify("./x.ext4", d),
+            ImageRef::Path(d.join("./x.ext4"))
+        );
+        assert_eq!(
+            ImageRef::classify("/abs/x.ext4", d),
+            ImageRef::Path("/abs/x.ext4".into())
+        );
+        // Local sources get absolute paths, keeping their tag.
+        assert_eq!(
+            ImageRef::classify("oci:layouts/py:3.11", d),
+            container(&format!("oci:{}:3.11", d.join("layouts/py").display()))
+        );
+        assert_eq!(
+            ImageRef::classify("docker-archive:/srv/img.tar", d),
+            container("docker-archive:/srv/img.tar")
+        );
     }
 }

@@ -6,11 +6,13 @@ use std::fmt::Display;
 use std::path::Path;
 
 use globset::GlobBuilder;
+use sbxrun_image::ImageSource;
 
 use super::de::Spanned;
 use super::error::{did_you_mean, Problem};
 use super::interpolate::{expressions, Expr};
 use super::model::{Defaults, Input, Job, Limits, Resources, Step, StepId};
+use super::resolve::ImageRef;
 use super::source::{SourceFile, Span};
 use super::units::{ByteSize, Duration};
 
@@ -169,37 +171,44 @@ impl Validator<'_> {
         }
     }
 
-    /// An image is a name, or a path (it has a `/` or starts with `.`)
-    /// that must exist.
+    /// An image is `default`, a path that exists (a directory or an ext4
+    /// file), an `oci:`/`oci-archive:`/`docker-archive:` source that
+    /// exists, or a registry reference that parses. Registries are not
+    /// asked here: validation never touches the network.
     fn image(&mut self, image: &Spanned<String>, field: &str) {
         let s = image.as_str();
-        if s.contains('/') || s.starts_with('.') {
-            if !self.src.dir.join(s).exists() {
-                self.push(
-                    Problem::new(
+        let problem = match ImageRef::classify(s, &self.src.dir) {
+            ImageRef::Name(_) => None,
+            ImageRef::Path(path) => image_path_problem(s, &path),
+            ImageRef::Container(source) => match sbxrun_image::parse_source(&source, |_| false) {
+                Err(e) => Some((
+                    "manifest::image_reference",
+                    e.to_string(),
+                    "not an image reference or path",
+                    "write a registry reference (`python:3.12`, `registry.example:5000/team/img:tag`), \
+                     `oci:DIR[:tag]`, `oci-archive:FILE[:tag]`, `docker-archive:FILE`, or a path \
+                     starting with `./`",
+                )),
+                Ok(ImageSource::OciLayout { path, .. })
+                | Ok(ImageSource::OciArchive { path, .. })
+                | Ok(ImageSource::DockerArchive { path, .. })
+                    if !path.exists() =>
+                {
+                    Some((
                         "manifest::image_missing",
                         format!("image `{s}` does not exist"),
-                        image.span,
                         "no such file or directory",
-                    )
-                    .with_field(field)
-                    .with_help("image paths are relative to the manifest's directory"),
-                );
-            }
-        } else if s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
-        {
+                        "image paths are relative to the manifest's directory",
+                    ))
+                }
+                Ok(_) => None,
+            },
+        };
+        if let Some((code, message, label, help)) = problem {
             self.push(
-                Problem::new(
-                    "manifest::image_name",
-                    format!("invalid image name `{s}`"),
-                    image.span,
-                    "not an image name or path",
-                )
-                .with_field(field)
-                .with_help("use an image name (`default`) or a path (`./images/rootfs.ext4`)"),
+                Problem::new(code, message, image.span, label)
+                    .with_field(field)
+                    .with_help(help),
             );
         }
     }
@@ -207,7 +216,16 @@ impl Validator<'_> {
     fn step(&mut self, id: &Spanned<StepId>, step: &Step) {
         let at = format!("steps.{id}");
         let keys: Vec<&str> = step.matrix.keys().map(|k| k.as_str()).collect();
+        let image = step.image.as_ref().or(self.job.defaults.image.as_ref());
+        let container_image = image.is_some_and(|i| {
+            matches!(
+                ImageRef::classify(i.as_str(), &self.src.dir),
+                ImageRef::Container(_)
+            )
+        });
         match (&step.run, &step.command) {
+            // A container image's Entrypoint and Cmd are the command.
+            (None, None) if container_image => {}
             (None, None) => self.push(
                 Problem::new(
                     "manifest::no_command",
@@ -696,6 +714,39 @@ pub fn output_covers(declared: &str, wanted: &str) -> bool {
         .build()
         .map(|g| g.compile_matcher().is_match(wanted))
         .unwrap_or(false)
+}
+
+/// What is wrong with an image path, if anything: it must be a directory or
+/// an ext4 file. The message names the path as the manifest wrote it.
+fn image_path_problem(
+    written: &str,
+    path: &Path,
+) -> Option<(&'static str, String, &'static str, &'static str)> {
+    let missing = || {
+        Some((
+            "manifest::image_missing",
+            format!("image `{written}` does not exist"),
+            "no such file or directory",
+            "image paths are relative to the manifest's directory",
+        ))
+    };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return missing();
+    };
+    if meta.is_dir() {
+        return None;
+    }
+    match sbxrun_image::ext4::is_ext4(path) {
+        Ok(true) => None,
+        Ok(false) => Some((
+            "manifest::image_not_ext4",
+            format!("image `{written}` is not an ext4 file (no ext4 superblock)"),
+            "not a directory or an ext4 file",
+            "give a directory (built into an ext4 image on first use), an ext4 file, \
+             or a container image reference",
+        )),
+        Err(_) => missing(),
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use attempt::{artifact_dir, file_name};
-pub use pools::{PoolBase, Pools};
+pub use pools::{ImageProgress, PoolBase, Pools, StepImage};
 pub use scheduler::{Event, Scheduler, StepState, Stop};
 pub use verdict::{judge, oom_evidence, should_retry, Ended, Judged, Observed};
 

@@ -1,9 +1,15 @@
 //! One snapshot pool per VM shape a job uses, opened on first use (the
-//! first open of a new shape cold-boots once and caches the snapshot).
+//! first open of a new shape cold-boots once and caches the snapshot), and
+//! the root images the shapes boot, resolved once per run: a directory is
+//! walked (and maybe built) once, a container image pulled and converted
+//! once, and every step of a run sees the same image even if a tag moves
+//! or a tree changes while the job runs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+
+use sbxrun_image::{Event, ImageConfig};
 
 use crate::host::KvmFlavour;
 use crate::manifest::{ImageRef, Settings};
@@ -24,20 +30,63 @@ pub struct PoolBase {
     pub console_dir: PathBuf,
     /// Warm VMs per pool.
     pub warm: usize,
+    /// How container images are pulled and where they are cached.
+    pub images: sbxrun_image::Options,
+    /// Told what a pull is doing, for the console.
+    pub image_progress: ImageProgress,
+}
+
+/// Receives the progress of each image a run pulls or converts: the image
+/// as the manifest wrote it, and the event.
+#[derive(Clone)]
+pub struct ImageProgress(pub Arc<ImageProgressFn>);
+
+/// The callback behind [`ImageProgress`].
+pub type ImageProgressFn = dyn Fn(&str, &Event) + Send + Sync;
+
+impl ImageProgress {
+    /// Progress nobody watches.
+    pub fn none() -> Self {
+        ImageProgress(Arc::new(|_, _| {}))
+    }
+
+    /// What `sbxrun_image::resolve` reports to, for one image.
+    pub fn of<'a>(&'a self, image: &'a str) -> impl sbxrun_image::Progress + 'a {
+        ProgressTo { image, sink: self }
+    }
+}
+
+impl std::fmt::Debug for ImageProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImageProgress")
+    }
+}
+
+/// The root image a step boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepImage {
+    /// The ext4 file the VM attaches.
+    pub ext4: PathBuf,
+    /// The image as the manifest wrote it (made absolute for local
+    /// sources), or `default`.
+    pub reference: String,
+    /// `sha256:<hex>` of a container image's manifest.
+    pub digest: Option<String>,
+    /// A container image's config (env, workdir, user, entrypoint, cmd).
+    pub config: Option<ImageConfig>,
+    /// Whether this run pulled, imported or built it.
+    pub pulled: bool,
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Pool>, String>>>;
-type ImageSlot = Arc<OnceLock<Result<PathBuf, String>>>;
+type ImageSlot = Arc<OnceLock<Result<Arc<StepImage>, String>>>;
 
 /// Pools by shape.
 pub struct Pools {
     base: PoolBase,
     map: Mutex<HashMap<(PathBuf, u32, u8), Slot>>,
-    /// Image paths as the manifest names them → the ext4 file to boot.
-    /// Resolved once per run: a directory is walked and hashed (and maybe
-    /// built) once, not per step, and every step of a run sees one image
-    /// even if the tree changes while the job runs.
-    images: Mutex<HashMap<PathBuf, ImageSlot>>,
+    /// Images as the manifest names them → what to boot.
+    images: Mutex<HashMap<ImageRef, ImageSlot>>,
 }
 
 impl Pools {
@@ -52,15 +101,11 @@ impl Pools {
 
     /// The shape a step's settings ask for.
     pub fn shape(&self, settings: &Settings) -> Result<VmShape, String> {
-        let image = match &settings.image {
-            ImageRef::Name(n) if n == "default" => self.base.default_image.clone(),
-            ImageRef::Name(n) => return Err(format!("unknown image `{n}`")),
-            ImageRef::Path(p) => self.image(p)?,
-        };
+        let image = self.image(&settings.image)?;
         Ok(VmShape {
             kernel: self.base.kernel.clone(),
             initramfs: self.base.initramfs.clone(),
-            image,
+            image: image.ext4.clone(),
             memory_mib: u32::try_from(settings.memory.0 >> 20).unwrap_or(u32::MAX),
             vcpus: u8::try_from(settings.vcpus).unwrap_or(u8::MAX),
             flavour: self.base.flavour,
@@ -69,20 +114,52 @@ impl Pools {
         })
     }
 
-    /// The ext4 file for a user's image path (an ext4 file or a directory).
-    /// Concurrent callers for one path wait for a single resolution.
-    fn image(&self, path: &Path) -> Result<PathBuf, String> {
+    /// The root image `image` names, resolved on first use. Concurrent
+    /// callers for one image wait for a single resolution; a failure is
+    /// remembered, so the steps of one image fail alike and fast.
+    pub fn image(&self, image: &ImageRef) -> Result<Arc<StepImage>, String> {
         let slot = {
             let mut images = self
                 .images
                 .lock()
                 .map_err(|_| "image map poisoned".to_owned())?;
-            images.entry(path.to_owned()).or_default().clone()
+            images.entry(image.clone()).or_default().clone()
         };
-        slot.get_or_init(|| {
-            resolve_image(path, &self.base.cache).map_err(|e| crate::errors::chain(&e))
-        })
-        .clone()
+        slot.get_or_init(|| self.resolve(image).map(Arc::new))
+            .clone()
+    }
+
+    fn resolve(&self, image: &ImageRef) -> Result<StepImage, String> {
+        match image {
+            ImageRef::Name(n) if n == "default" => Ok(StepImage {
+                ext4: self.base.default_image.clone(),
+                reference: n.clone(),
+                digest: None,
+                config: None,
+                pulled: false,
+            }),
+            ImageRef::Name(n) => Err(format!("unknown image `{n}`")),
+            ImageRef::Path(path) => Ok(StepImage {
+                ext4: resolve_image(path, &self.base.cache)
+                    .map_err(|e| crate::errors::chain(&e))?,
+                reference: path.display().to_string(),
+                digest: None,
+                config: None,
+                pulled: false,
+            }),
+            ImageRef::Container(source) => {
+                let progress = self.base.image_progress.of(source);
+                let resolved = sbxrun_image::resolve(source, &self.base.images, &progress)
+                    .map_err(|e| crate::errors::chain(&e))?;
+                Ok(StepImage {
+                    ext4: resolved.ext4,
+                    reference: resolved.reference,
+                    digest: resolved.manifest_digest,
+                    config: resolved.config,
+                    pulled: resolved.pulled,
+                })
+            }
+        }
     }
 
     /// The pool for `settings`, opening it on first use. Concurrent callers
@@ -116,5 +193,17 @@ impl Pools {
         if let Ok(mut map) = self.map.lock() {
             map.clear();
         }
+    }
+}
+
+/// Adapts [`ImageProgress`] to one image's resolve.
+struct ProgressTo<'a> {
+    image: &'a str,
+    sink: &'a ImageProgress,
+}
+
+impl sbxrun_image::Progress for ProgressTo<'_> {
+    fn event(&self, event: &Event) {
+        (self.sink.0)(self.image, event);
     }
 }
