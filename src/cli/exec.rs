@@ -1,15 +1,17 @@
 //! `sbxrun exec`: one command, one fresh microVM, its exit code.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User};
+use guest_init::proto::{Command as GuestCommand, ExitStatus, RunRequest, User, DEFAULT_CWD};
 
 use super::units::{parse_duration, parse_size};
 use crate::errors::{CliError, CliResult, EXIT_NOT_FOUND, EXIT_SIGNAL_BASE, EXIT_TIMEOUT};
 use sbxrun_runner::assets::{self, Asset};
+use sbxrun_runner::manifest::ImageRef;
+use sbxrun_runner::pool::container;
 use sbxrun_runner::pool::launch::{
     boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES,
 };
@@ -17,14 +19,17 @@ use sbxrun_runner::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
 use sbxrun_runner::pool::VmHandle;
 use sbxrun_runner::pool::{resolve_image, session, OutputStream, RunError};
 use sbxrun_runner::report::GuestTimings;
+use sbxrun_runner::runner::StepImage;
 
 /// Arguments of `sbxrun exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Root image: an ext4 file or a directory (built into a cached ext4
-    /// image; default: the image `make assets` builds).
+    /// Root image: a container image (`python:3.12`, `oci:DIR[:tag]`,
+    /// ...), an ext4 file or a directory (built into a cached ext4 image);
+    /// default: the image `make assets` builds. Read as `image:` in a
+    /// manifest is, relative to the current directory.
     #[arg(long)]
-    pub image: Option<PathBuf>,
+    pub image: Option<String>,
     /// Guest kernel (an ELF vmlinux with a PVH entry).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -43,10 +48,12 @@ pub struct ExecArgs {
     /// Environment for the command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Working directory in the guest.
-    #[arg(long, default_value = "/work")]
-    pub cwd: String,
-    /// Run as root instead of the unprivileged user.
+    /// Working directory in the guest (default: a container image's
+    /// WorkingDir, else /work).
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Run as root instead of the unprivileged user (or a container
+    /// image's own user, root when it names none).
     #[arg(long)]
     pub root: bool,
     /// Write the guest's serial console here.
@@ -66,8 +73,11 @@ pub struct ExecArgs {
     /// root, seccomp, dropped privileges). Warns on stderr.
     #[arg(long)]
     pub no_jail: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[command(flatten)]
+    pub pull: super::image::PullArgs,
+    /// The command and its arguments (default: a container image's
+    /// Entrypoint and Cmd).
+    #[arg(last = true, num_args = 1..)]
     pub command: Vec<String>,
 }
 
@@ -87,13 +97,18 @@ pub fn run(args: ExecArgs) -> CliResult {
     };
     let kernel = resolve(Asset::Kernel, &args.kernel)?;
     let initramfs = resolve(Asset::Initramfs, &args.initramfs)?;
-    let image = root_image(args.image.as_deref()).map_err(CliError::Infra)?;
+    let image = root_image(&args)?;
+    if args.command.is_empty() && image.config.is_none() {
+        return Err(CliError::usage(
+            "give the command after `--` (only a container image has a default command)",
+        ));
+    }
     let memory_mib =
         u32::try_from(args.memory >> 20).map_err(|_| CliError::usage("--memory is too large"))?;
     let shape = VmShape {
         kernel,
         initramfs,
-        image,
+        image: image.ext4.clone(),
         memory_mib,
         vcpus: args.vcpus,
         flavour: kvm.flavour,
@@ -104,15 +119,44 @@ pub fn run(args: ExecArgs) -> CliResult {
     let mut vm =
         start_vm(&args, shape).map_err(|e| CliError::Infra(format!("cannot start the VM: {e}")))?;
     let vm_ready = started.elapsed();
+    let (command, env, cwd, user) = match &image.config {
+        None => (
+            GuestCommand::Argv(args.command.clone()),
+            args.env.clone(),
+            args.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_owned()),
+            if args.root {
+                User::Root
+            } else {
+                User::Unprivileged
+            },
+        ),
+        Some(config) => {
+            let name = &image.reference;
+            let command = if args.command.is_empty() {
+                container::default_command(config, name).map_err(CliError::Infra)?
+            } else {
+                GuestCommand::Argv(args.command.clone())
+            };
+            let user = if args.root {
+                User::Root
+            } else {
+                container::user(config, name).map_err(CliError::Infra)?
+            };
+            (
+                command,
+                container::layered_env(config, args.env.clone()),
+                args.cwd
+                    .clone()
+                    .unwrap_or_else(|| container::work_dir(config)),
+                user,
+            )
+        }
+    };
     let request = RunRequest {
-        command: GuestCommand::Argv(args.command.clone()),
-        env: args.env.clone(),
-        cwd: args.cwd.clone(),
-        user: if args.root {
-            User::Root
-        } else {
-            User::Unprivileged
-        },
+        command,
+        env,
+        cwd,
+        user,
         rlimits: Default::default(),
         unix_time_ns: session::host_clock_ns(),
         rng_seed: session::fresh_seed(),
@@ -191,16 +235,48 @@ pub fn run(args: ExecArgs) -> CliResult {
     Ok(code)
 }
 
-/// The ext4 file to boot: `--image` (or `SBXRUN_IMAGE`) as an ext4 file or
-/// a directory, else the default image `make assets` builds.
-fn root_image(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    let path = Asset::Image.resolve(explicit);
-    // Without a path of the user's that exists, say which asset is missing
-    // and how to build it.
-    if explicit.is_none() && !path.exists() {
-        return assets::require(Asset::Image, None).map_err(|e| e.to_string());
+/// The image to boot: `--image` read as a manifest's `image:` is, else
+/// `SBXRUN_IMAGE`, else the default image `make assets` builds.
+fn root_image(args: &ExecArgs) -> Result<StepImage, CliError> {
+    let plain = |ext4: PathBuf, reference: String| StepImage {
+        ext4,
+        reference,
+        digest: None,
+        config: None,
+        pulled: false,
+    };
+    let here = std::env::current_dir().map_err(|e| CliError::Infra(e.to_string()))?;
+    match args.image.as_deref().map(|i| ImageRef::classify(i, &here)) {
+        None | Some(ImageRef::Name(_)) => {
+            let path = Asset::Image.resolve(None);
+            // Say which asset is missing and how to build it.
+            if !path.exists() {
+                let e = assets::require(Asset::Image, None).map_err(|e| e.to_string());
+                return Err(CliError::Infra(e.err().unwrap_or_default()));
+            }
+            let ext4 =
+                resolve_image(&path, &assets::cache_dir()).map_err(|e| CliError::infra(&e))?;
+            Ok(plain(ext4, "default".into()))
+        }
+        Some(ImageRef::Path(path)) => {
+            let ext4 =
+                resolve_image(&path, &assets::cache_dir()).map_err(|e| CliError::infra(&e))?;
+            Ok(plain(ext4, path.display().to_string()))
+        }
+        Some(ImageRef::Container(source)) => {
+            let progress = super::image::progress(sbxrun_runner::report::console::LogFormat::Text);
+            let resolved =
+                sbxrun_image::resolve(&source, &args.pull.options(), &progress.of(&source))
+                    .map_err(|e| CliError::infra(&e))?;
+            Ok(StepImage {
+                ext4: resolved.ext4,
+                reference: resolved.reference,
+                digest: resolved.manifest_digest,
+                config: resolved.config,
+                pulled: resolved.pulled,
+            })
+        }
     }
-    resolve_image(&path, &assets::cache_dir()).map_err(|e| sbxrun_runner::errors::chain(&e))
 }
 
 /// The VM `exec` runs in: restored from the pool, or cold-booted.

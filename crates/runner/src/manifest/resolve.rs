@@ -91,6 +91,9 @@ pub struct Settings {
     pub on_violation: OnViolation,
     /// The user the step runs as.
     pub user: User,
+    /// Whether the step or the defaults chose `user` (otherwise a
+    /// container image's own user applies).
+    pub user_given: bool,
     /// Retries after a failed attempt.
     pub retries: u32,
     /// Most processes.
@@ -151,6 +154,7 @@ impl Job {
                 .or_else(|| d.egress.as_ref().and_then(|e| e.on_violation))
                 .unwrap_or_default(),
             user: step.user.or(d.user).unwrap_or_default(),
+            user_given: step.user.or(d.user).is_some(),
             retries: step
                 .retries
                 .as_ref()

@@ -18,6 +18,8 @@ pub enum Command {
     Shell(String),
     /// A program and its arguments.
     Exec(Vec<String>),
+    /// Neither: the container image's Entrypoint and Cmd.
+    ImageDefault,
 }
 
 /// An input, resolved.
@@ -122,7 +124,7 @@ pub(crate) fn instance(
     let command = match (&step.run, &step.command) {
         (Some(run), _) => Command::Shell(sub(run)),
         (None, Some(argv)) => Command::Exec(argv.iter().map(|a| sub(a)).collect()),
-        (None, None) => Command::Exec(Vec::new()),
+        (None, None) => Command::ImageDefault,
     };
     let mut env: IndexMap<String, String> = job
         .env

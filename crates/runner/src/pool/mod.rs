@@ -3,6 +3,7 @@
 //! root images they boot from.
 
 pub mod cache;
+pub mod container;
 pub mod image;
 pub mod launch;
 pub mod session;

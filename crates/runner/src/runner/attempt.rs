@@ -119,6 +119,7 @@ fn request(inst: &Instance, input_bytes: Option<u64>) -> RunRequest {
         command: match &inst.command {
             Command::Shell(script) => GuestCommand::Shell(script.clone()),
             Command::Exec(argv) => GuestCommand::Argv(argv.clone()),
+            Command::ImageDefault => GuestCommand::Argv(Vec::new()),
         },
         env,
         cwd: guest_init::proto::DEFAULT_CWD.into(),
