@@ -7,6 +7,7 @@ mod attempt;
 mod kill;
 mod policy;
 mod pools;
+mod request;
 mod scheduler;
 mod verdict;
 
