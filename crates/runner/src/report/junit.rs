@@ -12,6 +12,7 @@ use std::path::Path;
 use junit_report::{Report as JUnit, TestCase, TestSuite};
 use serde::Deserialize;
 
+pub use super::events::Tails;
 use super::model::{EgressReport, Report, StepReport, Verdict};
 
 /// Errors of JUnit handling.
@@ -100,13 +101,6 @@ fn system_out(props: &[(String, String)], stdout: &str) -> Option<String> {
         out.push_str(&xml_safe(stdout));
     }
     Some(out)
-}
-
-/// Tails of a step's output for `system-out`/`system-err`.
-#[derive(Debug, Clone, Default)]
-pub struct Tails {
-    pub stdout: String,
-    pub stderr: String,
 }
 
 /// Builds the JUnit document. `tails(name)` gives a step's output tails;

@@ -25,9 +25,10 @@ use crate::errors::chain;
 use crate::plan::{Instance, Plan};
 use crate::pool::warm::{LeasedVm, PoolError};
 use crate::pool::{session, OutputStream, RunError, RunOutcome, VmHandle};
-use crate::report::console::Console;
-use crate::report::junit::Tails;
-use crate::report::{Attempt, EgressReport, StepLog, Stream, Timings, Usage, Verdict};
+use crate::report::{
+    Attempt, AttemptOutcome, EgressReport, LineSink, LogPaths, StepLog, Stream, Tails, Timings,
+    Usage, Verdict,
+};
 use sbxrun_egress::EgressPolicy;
 
 /// What all attempts of a run share.
@@ -35,25 +36,12 @@ pub struct RunShared {
     pub plan: Plan,
     pub run_dir: PathBuf,
     pub pools: Pools,
-    pub console: Console,
     /// Every secret value of the job: masked in every log.
     pub secret_values: Vec<String>,
     /// Set when the run is being cancelled.
     pub cancelled: AtomicBool,
     /// `--resolve name=ip` overrides for the egress broker.
     pub resolve: Arc<Overrides>,
-}
-
-/// What an attempt produced.
-pub struct AttemptResult {
-    pub attempt: Attempt,
-    pub usage: Option<Usage>,
-    pub artifacts: Vec<FileDigest>,
-    pub missing_outputs: Vec<String>,
-    pub tails: Tails,
-    pub has_console: bool,
-    /// `None` when the attempt ended before its network was set up.
-    pub egress: Option<EgressReport>,
 }
 
 /// Why an attempt ended before its command ran. The message (with its
@@ -137,23 +125,34 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs one attempt. Never panics on guest behaviour; every failure is a
-/// verdict.
+/// The logs an attempt leaves, relative to the run directory. An attempt
+/// cancelled before its command ran wrote no output log.
+fn log_paths(instance: &str, verdict: Verdict, ran: bool, has_console: bool) -> LogPaths {
+    let name = file_name(instance);
+    LogPaths {
+        output: (verdict != Verdict::Cancelled || ran).then(|| format!("logs/{name}.log")),
+        console: has_console.then(|| format!("logs/{name}.console")),
+    }
+}
+
+/// Runs one attempt; `on_line` hears every line of its output. Never
+/// panics on guest behaviour; every failure is a verdict.
 pub fn run_attempt(
-    shared: &Arc<RunShared>,
+    shared: &RunShared,
     inst: &Instance,
     queued: Duration,
     slot: &KillSlot,
-) -> AttemptResult {
+    on_line: Option<LineSink>,
+) -> AttemptOutcome {
     let started = Instant::now();
     let mut timings = Timings {
         queued_ms: ms(queued),
         ..Timings::default()
     };
-    match attempt(shared, inst, slot, started, &mut timings) {
-        Ok(result) => result,
+    match attempt(shared, inst, slot, started, &mut timings, on_line) {
+        Ok(outcome) => outcome,
         // An attempt that never ran has no total: nothing of it was a step.
-        Err(e) => AttemptResult {
+        Err(e) => AttemptOutcome {
             attempt: Attempt {
                 verdict: e.verdict(),
                 exit_code: None,
@@ -164,27 +163,28 @@ pub fn run_attempt(
             usage: None,
             artifacts: Vec::new(),
             missing_outputs: Vec::new(),
-            tails: Tails::default(),
-            has_console: false,
             egress: None,
+            logs: log_paths(&inst.name, e.verdict(), false, false),
+            tails: Tails::default(),
         },
     }
 }
 
 /// The phases in order; `timings` keeps what was measured when one fails.
 fn attempt(
-    shared: &Arc<RunShared>,
+    shared: &RunShared,
     inst: &Instance,
     slot: &KillSlot,
     started: Instant,
     timings: &mut Timings,
-) -> Result<AttemptResult, AttemptError> {
+    on_line: Option<LineSink>,
+) -> Result<AttemptOutcome, AttemptError> {
     let mut vm = Leased::new(slot, lease_vm(&shared.pools, inst, started, timings)?);
     if shared.cancelled.load(Ordering::Acquire) {
         return Err(AttemptError::Cancelled);
     }
     let input_bytes = pack_inputs(shared, inst, &vm.lease.disks.input, timings)?;
-    let mut log = open_log(shared, inst)?;
+    let mut log = open_log(shared, inst, on_line)?;
     let mut req = request(inst, input_bytes);
     let policy = super::policy::egress_policy(&inst.settings.egress);
     let broker = start_broker(&shared.resolve, &mut vm.lease.vm, &policy)?;
@@ -208,7 +208,13 @@ fn attempt(
         has_console = std::fs::rename(&src, dest).is_ok();
     }
     timings.total_ms = timings.queued_ms + ms(started.elapsed());
-    Ok(AttemptResult {
+    Ok(AttemptOutcome {
+        logs: log_paths(
+            &inst.name,
+            judged.verdict,
+            outputs.usage.is_some(),
+            has_console,
+        ),
         attempt: Attempt {
             verdict: judged.verdict,
             exit_code: judged.exit_code,
@@ -221,12 +227,11 @@ fn attempt(
         usage: outputs.usage,
         artifacts: outputs.digests,
         missing_outputs: outputs.missing,
+        egress: Some(egress),
         tails: Tails {
             stdout: log.tail(Stream::Out),
             stderr: log.tail(Stream::Err),
         },
-        has_console,
-        egress: Some(egress),
     })
 }
 
@@ -266,9 +271,13 @@ fn pack_inputs(
     packed
 }
 
-/// The step's output log, masking the job's secrets, echoing lines to the
-/// console.
-fn open_log(shared: &Arc<RunShared>, inst: &Instance) -> Result<StepLog, AttemptError> {
+/// The step's output log, masking the job's secrets; `on_line` hears each
+/// finished line.
+fn open_log(
+    shared: &RunShared,
+    inst: &Instance,
+    on_line: Option<LineSink>,
+) -> Result<StepLog, AttemptError> {
     let path = shared
         .run_dir
         .join("logs")
@@ -276,11 +285,9 @@ fn open_log(shared: &Arc<RunShared>, inst: &Instance) -> Result<StepLog, Attempt
     let limit = inst.settings.output.0;
     let mut log = StepLog::create(Some(&path), &shared.secret_values, limit)
         .map_err(|source| AttemptError::Log { path, source })?;
-    let shared = shared.clone();
-    let iname = inst.name.clone();
-    log.on_line(Box::new(move |stream, line| {
-        shared.console.line(&iname, stream == Stream::Err, line);
-    }));
+    if let Some(f) = on_line {
+        log.on_line(f);
+    }
     Ok(log)
 }
 
