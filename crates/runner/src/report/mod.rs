@@ -27,3 +27,6 @@ pub use model::{
     LogPaths, Report, RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,
 };
 pub use write::atomic_write;
+
+#[cfg(test)]
+mod sink_tests;
