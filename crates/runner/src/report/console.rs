@@ -1,11 +1,13 @@
 //! The live console view: a line when a step starts and ends, output lines
 //! prefixed with the step name in verbose mode, failures' tails otherwise,
 //! and a summary table at the end. `--log-format json` turns every event
-//! into one JSON object per line.
+//! into one JSON object per line. Live, it is a sink of the run's events.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Mutex;
 
+use super::events::{EventSink, RunEvent, SinkError, StepId};
+use super::logs::Stream;
 use super::model::{Report, StepReport, Verdict};
 
 /// How much to show.
@@ -28,12 +30,32 @@ pub enum LogFormat {
     Json,
 }
 
-/// The console reporter. Shared by the step threads (output lines).
+/// What the console keeps of a step between events.
+#[derive(Debug, Clone, Default)]
+struct StepView {
+    name: String,
+    allow_failure: bool,
+    /// Denials by kind as the step's report has them: the last attempt
+    /// that got as far as its network, else none.
+    denied: BTreeMap<String, u64>,
+}
+
+/// The console reporter.
 #[derive(Debug, Default)]
 pub struct Console {
     pub verbosity: Verbosity,
     pub format: LogFormat,
-    lock: Mutex<()>,
+    steps: Vec<StepView>,
+}
+
+/// One attempt's end line, as [`Console::finished`] shows it.
+struct Finished<'a> {
+    view: &'a StepView,
+    verdict: Verdict,
+    total_ms: f64,
+    message: &'a Option<String>,
+    retrying: bool,
+    tail: &'a str,
 }
 
 impl Console {
@@ -42,12 +64,11 @@ impl Console {
         Console {
             verbosity,
             format,
-            lock: Mutex::new(()),
+            steps: Vec::new(),
         }
     }
 
     fn emit(&self, text: &str, json: serde_json::Value) {
-        let _guard = self.lock.lock();
         let mut err = std::io::stderr().lock();
         let _ = match self.format {
             LogFormat::Text => writeln!(err, "{text}"),
@@ -55,8 +76,12 @@ impl Console {
         };
     }
 
+    fn name(&self, step: StepId) -> &str {
+        self.steps.get(step.0).map_or("", |s| s.name.as_str())
+    }
+
     /// A step started an attempt.
-    pub fn started(&self, name: &str, attempt: usize, running: usize, queued: usize) {
+    fn started(&self, name: &str, attempt: u32, running: usize, queued: usize) {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
@@ -72,7 +97,7 @@ impl Console {
     }
 
     /// One line of a step's output (verbose only).
-    pub fn line(&self, name: &str, stderr: bool, line: &str) {
+    fn line(&self, name: &str, stderr: bool, line: &str) {
         if self.verbosity != Verbosity::Verbose {
             return;
         }
@@ -84,12 +109,13 @@ impl Console {
     }
 
     /// A step ended (finally, or an attempt that will be retried).
-    pub fn finished(&self, s: &StepReport, retrying: bool, tail: &str) {
-        let failed = s.verdict.is_failure();
+    fn finished(&self, f: &Finished<'_>) {
+        let s = f.view;
+        let failed = f.verdict.is_failure();
         if self.verbosity == Verbosity::Quiet && (!failed || s.allow_failure) {
             return;
         }
-        let mark = match s.verdict {
+        let mark = match f.verdict {
             Verdict::Passed => "✓",
             Verdict::Skipped | Verdict::Cancelled => "-",
             _ if s.allow_failure => "!",
@@ -98,31 +124,31 @@ impl Console {
         let mut text = format!(
             "{mark} {} {} ({:.1}s)",
             s.name,
-            s.verdict.label(),
-            s.timings.total_ms / 1000.0
+            f.verdict.label(),
+            f.total_ms / 1000.0
         );
-        if let Some(m) = &s.message {
+        if let Some(m) = f.message {
             text.push_str(": ");
             text.push_str(m);
         }
-        if retrying {
+        if f.retrying {
             text.push_str(" — retrying");
         }
-        if failed && self.verbosity != Verbosity::Verbose && !tail.is_empty() {
-            for l in tail.lines() {
+        if failed && self.verbosity != Verbosity::Verbose && !f.tail.is_empty() {
+            for l in f.tail.lines() {
                 text.push_str(&format!("\n    {} | {l}", s.name));
             }
         }
         self.emit(
             &text,
             serde_json::json!({"event": "finished", "step": s.name,
-                "verdict": s.verdict, "message": s.message, "retrying": retrying,
-                "egress_denied": s.egress.denied}),
+                "verdict": f.verdict, "message": f.message, "retrying": f.retrying,
+                "egress_denied": s.denied}),
         );
     }
 
     /// A notice about the run itself (interrupts, fail-fast).
-    pub fn notice(&self, text: &str) {
+    fn notice(&self, text: &str) {
         self.emit(
             &format!("sbxrun: {text}"),
             serde_json::json!({"event": "notice", "message": text}),
@@ -131,12 +157,66 @@ impl Console {
 
     /// The summary table (stdout) at the end.
     pub fn summary(&self, report: &Report, run_dir: &str) {
-        let _guard = self.lock.lock();
         let mut out = std::io::stdout().lock();
         let _ = match self.format {
             LogFormat::Json => writeln!(out, "{}", summary_json(report, run_dir)),
             LogFormat::Text => write!(out, "{}", summary_text(report, run_dir)),
         };
+    }
+}
+
+impl EventSink for Console {
+    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+        match event {
+            RunEvent::RunStarted { steps, .. } => {
+                self.steps = steps
+                    .iter()
+                    .map(|s| StepView {
+                        name: s.name.clone(),
+                        allow_failure: s.allow_failure,
+                        denied: s.egress.denied.clone(),
+                    })
+                    .collect();
+            }
+            RunEvent::StepStarted {
+                step,
+                attempt,
+                running,
+                queued,
+            } => self.started(self.name(*step), *attempt, *running, *queued),
+            RunEvent::StepOutput { step, stream, line } => {
+                self.line(self.name(*step), *stream == Stream::Err, line)
+            }
+            RunEvent::AttemptFinished {
+                step,
+                outcome,
+                retrying,
+            } => {
+                let Some(view) = self.steps.get_mut(step.0) else {
+                    return Ok(());
+                };
+                if let Some(egress) = &outcome.egress {
+                    view.denied = egress.denied.clone();
+                }
+                let tail = outcome.tails.stderr.clone() + &outcome.tails.stdout;
+                let a = &outcome.attempt;
+                self.finished(&Finished {
+                    view: &self.steps[step.0],
+                    verdict: a.verdict,
+                    total_ms: a.timings.total_ms,
+                    message: &a.message,
+                    retrying: *retrying,
+                    tail: &tail,
+                });
+            }
+            RunEvent::Notice(n) => self.notice(&n.to_string()),
+            RunEvent::StepFinished { .. } | RunEvent::RunFinished { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn wants_output(&self) -> bool {
+        self.verbosity == Verbosity::Verbose
     }
 }
 

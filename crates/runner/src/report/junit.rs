@@ -12,7 +12,8 @@ use std::path::Path;
 use junit_report::{Report as JUnit, TestCase, TestSuite};
 use serde::Deserialize;
 
-use super::model::{EgressReport, Report, StepReport, Verdict};
+pub use super::events::Tails;
+use super::model::{EgressReport, ImageReport, Report, StepReport, Verdict};
 
 /// Errors of JUnit handling.
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +103,18 @@ fn system_out(props: &[(String, String)], stdout: &str) -> Option<String> {
     Some(out)
 }
 
-/// Tails of a step's output for `system-out`/`system-err`.
-#[derive(Debug, Clone, Default)]
-pub struct Tails {
-    pub stdout: String,
-    pub stderr: String,
+/// A step's root image as `key=value` lines: the reference the manifest
+/// named and the manifest digest it ran, so a CI page shows which image a
+/// moving tag meant that day.
+fn image_properties(image: Option<&ImageReport>) -> Vec<(String, String)> {
+    let Some(image) = image else {
+        return Vec::new();
+    };
+    let mut props = vec![("image".to_owned(), image.reference.clone())];
+    if let Some(digest) = &image.digest {
+        props.push(("image.digest".to_owned(), digest.clone()));
+    }
+    props
 }
 
 /// Builds the JUnit document. `tails(name)` gives a step's output tails;
@@ -126,7 +134,9 @@ pub fn build(
     for s in &report.steps {
         let mut case = step_case(&report.job.name, &report.job.manifest, s);
         let t = tails(&s.name);
-        if let Some(out) = system_out(&egress_properties(&s.egress), &t.stdout) {
+        let mut props = image_properties(s.image.as_ref());
+        props.extend(egress_properties(&s.egress));
+        if let Some(out) = system_out(&props, &t.stdout) {
             case.set_system_out(&out);
         }
         if !t.stderr.is_empty() {

@@ -1,20 +1,33 @@
-//! Reports: step results → `report.json` (schema in
-//! `schemas/report.schema.json`), `junit.xml`, per-step logs with secrets
-//! masked, and the console view.
+//! Reports: the run's events → `report.json` (schema in
+//! `schemas/report.schema.json`), `junit.xml` and the console view, each a
+//! sink of the events; per-step logs with secrets masked.
 
 pub mod console;
+mod events;
+mod files;
 pub mod junit;
 mod logs;
 mod mask;
 mod model;
+mod state;
 mod write;
+
+pub use events::{
+    AttemptOutcome, EventSink, Notice, Reporter, RunEvent, SinkError, StepEnd, StepId, StepInfo,
+    Tails,
+};
+pub use files::{JsonReportFile, JunitFile};
 
 pub use logs::{LineSink, StepLog, Stream, TAIL_LINES};
 pub use mask::{mask_str, Masker, MASK};
 #[cfg(test)]
 pub(crate) use model::test_denials;
 pub use model::{
-    report_schema, Attempt, EgressEvent, EgressReport, FileDigest, GuestTimings, HostInfo, JobInfo,
-    LogPaths, Report, RunStatus, StepReport, Timings, Usage, Verdict, REPORT_VERSION,
+    report_schema, Attempt, EgressEvent, EgressReport, FileDigest, GuestTimings, HostInfo,
+    ImageReport, JobInfo, LogPaths, Report, RunStatus, StepReport, Timings, Usage, Verdict,
+    REPORT_VERSION,
 };
 pub use write::atomic_write;
+
+#[cfg(test)]
+mod sink_tests;

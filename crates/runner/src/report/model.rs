@@ -276,6 +276,22 @@ pub struct StepReport {
     /// The network policy and what it denied (last attempt).
     pub egress: EgressReport,
     pub logs: LogPaths,
+    /// The root image the step booted, when it was not the built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
+}
+
+/// A step's root image: what the manifest named and what that resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageReport {
+    /// As the manifest wrote it (local sources with absolute paths).
+    pub reference: String,
+    /// `sha256:<hex>` of a container image's manifest: the image that ran,
+    /// whatever its tag points to later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// This run pulled, imported or built it (it was not in the cache).
+    pub pulled: bool,
 }
 
 /// The job that ran.
@@ -373,5 +389,6 @@ pub(crate) fn test_step(name: &str, egress: EgressReport) -> StepReport {
         missing_outputs: Vec::new(),
         egress,
         logs: LogPaths::default(),
+        image: None,
     }
 }

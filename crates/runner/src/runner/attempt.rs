@@ -1,38 +1,41 @@
-//! One attempt at one step instance: a fresh VM from the pool, inputs packed
-//! onto its input disk, the command run with output streamed into the log,
-//! outputs validated and unpacked, the VM destroyed.
+//! One attempt at one step instance, one function per phase: lease a fresh
+//! VM from the pool, pack the inputs onto its input disk, open the step's
+//! log, start its egress broker, run the command with its output streamed
+//! into the log, judge what happened, validate and unpack the outputs, and
+//! destroy the VM.
+//!
+//! A phase that fails before the command runs ends the attempt with an
+//! [`AttemptError`], which becomes the attempt's verdict and message. Once
+//! the command has run, every trouble is part of the verdict instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use guest_init::proto::{
-    ArtifactsRequest, Command as GuestCommand, ErrorCode, RunRequest, User as GuestUser,
-};
+use guest_init::proto::{ErrorCode, RunRequest};
 
 use super::kill::KillSlot;
 use super::pools::Pools;
-use super::verdict::{enforce_egress, judge, oom_evidence, Ended, Observed};
-use crate::artifacts::{self, InputItem, OutputLimits};
+use super::request::{self, input_items, input_owner, network_setup, request};
+use super::verdict::{enforce_egress, judge, oom_evidence, Ended, Judged, Observed};
+use crate::artifacts::{self, ArtifactError, FileDigest, OutputLimits};
 use crate::broker::{Broker, BrokerConfig, Overrides, CONNECT_TIMEOUT};
-use crate::manifest::{output_covers, User};
-use crate::plan::{Command, Instance, Plan, PlannedInput};
-use crate::pool::{session, OutputStream, RunError};
-use crate::report::console::Console;
-use crate::report::junit::Tails;
-use crate::report::{Attempt, EgressReport, FileDigest, StepLog, Stream, Timings, Usage, Verdict};
+use crate::errors::chain;
+use crate::plan::{Instance, Plan};
+use crate::pool::warm::{LeasedVm, PoolError};
+use crate::pool::{session, OutputStream, RunError, RunOutcome, VmHandle};
+use crate::report::{
+    Attempt, AttemptOutcome, EgressReport, ImageReport, LineSink, LogPaths, StepLog, Stream, Tails,
+    Timings, Usage, Verdict,
+};
 use sbxrun_egress::EgressPolicy;
-
-/// uid/gid of the guest's unprivileged step user.
-const STEP_UID: u64 = 1000;
 
 /// What all attempts of a run share.
 pub struct RunShared {
     pub plan: Plan,
     pub run_dir: PathBuf,
     pub pools: Pools,
-    pub console: Console,
     /// Every secret value of the job: masked in every log.
     pub secret_values: Vec<String>,
     /// Set when the run is being cancelled.
@@ -41,16 +44,76 @@ pub struct RunShared {
     pub resolve: Arc<Overrides>,
 }
 
-/// What an attempt produced.
-pub struct AttemptResult {
-    pub attempt: Attempt,
-    pub usage: Option<Usage>,
-    pub artifacts: Vec<FileDigest>,
-    pub missing_outputs: Vec<String>,
-    pub tails: Tails,
-    pub has_console: bool,
-    /// `None` when the attempt ended before its network was set up.
-    pub egress: Option<EgressReport>,
+/// Why an attempt ended before its command ran. The message (with its
+/// sources) becomes the attempt's message.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The step's VM shape has no pool (unknown image, a snapshot that
+    /// cannot be built); the pool map keeps that as text for every waiter.
+    #[error("{0}")]
+    Pool(String),
+    #[error("cannot start a VM")]
+    Lease(#[source] PoolError),
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("cannot pack the inputs")]
+    Inputs(#[source] ArtifactError),
+    #[error("cannot write {}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM's network channel was already used")]
+    NetChannelUsed,
+    #[error("cannot start the egress broker")]
+    Broker(#[source] std::io::Error),
+    /// The step and its container image do not fit together (no command,
+    /// no shell for a script, a user the image does not define).
+    #[error("{0}")]
+    Image(String),
+}
+
+impl AttemptError {
+    /// The attempt's verdict: inputs larger than the disk are the step's
+    /// own doing, a cancel is a cancel, everything else is infrastructure.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            AttemptError::Cancelled => Verdict::Cancelled,
+            AttemptError::Inputs(ArtifactError::InputTooLarge { .. }) => Verdict::Failed,
+            // Retrying cannot help: the manifest or the image must change.
+            AttemptError::Image(_) => Verdict::Failed,
+            _ => Verdict::Infra,
+        }
+    }
+}
+
+/// A leased VM whose VMM pid is published in the step's kill slot. Dropping
+/// it withdraws the pid before the VM handle is dropped, on every path out
+/// of the attempt, so another thread never signals a pid that could have
+/// been reused (see `kill.rs`).
+struct Leased<'a> {
+    slot: &'a KillSlot,
+    lease: LeasedVm,
+}
+
+impl<'a> Leased<'a> {
+    fn new(slot: &'a KillSlot, lease: LeasedVm) -> Self {
+        slot.set(lease.vm.pid());
+        Leased { slot, lease }
+    }
+
+    /// Destroys the VM; returns where its console log was written.
+    fn release(self) -> Option<PathBuf> {
+        self.lease.console_log.clone()
+    }
+}
+
+impl Drop for Leased<'_> {
+    fn drop(&mut self) {
+        // Runs before the fields (the VM handle) are dropped.
+        self.slot.clear();
+    }
 }
 
 /// A file-system-friendly name for an instance (`test[case=a]` is fine on
@@ -68,218 +131,232 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn input_items(shared: &RunShared, inst: &Instance) -> Vec<InputItem> {
-    let mut items = Vec::new();
-    for input in &inst.inputs {
-        match input {
-            PlannedInput::Host { path, to } => items.push(InputItem {
-                root: path.clone(),
-                filter: None,
-                to: to.clone(),
-            }),
-            PlannedInput::Step { from, path, to, .. } => {
-                for id in from {
-                    let dir = artifact_dir(&shared.run_dir, &shared.plan.instance(*id).name);
-                    // A producer that failed (allowed) or was skipped has none.
-                    if dir.is_dir() {
-                        items.push(InputItem {
-                            root: dir,
-                            filter: path.clone(),
-                            to: to.clone(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    items
-}
-
-/// The guest's request; `input_bytes` is the length of the packed inputs'
-/// archive, when there are inputs.
-fn request(inst: &Instance, input_bytes: Option<u64>) -> RunRequest {
-    let s = &inst.settings;
-    let mut env: Vec<(String, String)> = inst
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for name in &inst.secrets {
-        if let Ok(v) = std::env::var(name) {
-            env.push((name.clone(), v));
-        }
-    }
-    let mut outputs = inst.outputs.clone();
-    if let Some(j) = &inst.junit {
-        if !outputs.iter().any(|o| output_covers(o, j)) {
-            outputs.push(j.clone());
-        }
-    }
-    RunRequest {
-        command: match &inst.command {
-            Command::Shell(script) => GuestCommand::Shell(script.clone()),
-            Command::Exec(argv) => GuestCommand::Argv(argv.clone()),
-            Command::ImageDefault => GuestCommand::Argv(Vec::new()),
-        },
-        env,
-        cwd: guest_init::proto::DEFAULT_CWD.into(),
-        user: match s.user {
-            User::Root => GuestUser::Root,
-            User::Unprivileged => GuestUser::Unprivileged,
-        },
-        rlimits: guest_init::proto::Rlimits {
-            nofile: Some(u64::from(s.open_files)),
-            nproc: Some(u64::from(s.pids)),
-            fsize: Some(s.file_size.0),
-            address_space: None,
-        },
-        unix_time_ns: session::host_clock_ns(),
-        rng_seed: session::fresh_seed(),
-        timeout_ms: Some(s.timeout.0.as_millis() as u64),
-        stdin: None,
-        artifacts: ArtifactsRequest {
-            unpack_inputs: input_bytes.is_some(),
-            input_bytes,
-            outputs,
-        },
-        network: None,
+/// The logs an attempt leaves, relative to the run directory. An attempt
+/// cancelled before its command ran wrote no output log.
+fn log_paths(instance: &str, verdict: Verdict, ran: bool, has_console: bool) -> LogPaths {
+    let name = file_name(instance);
+    LogPaths {
+        output: (verdict != Verdict::Cancelled || ran).then(|| format!("logs/{name}.log")),
+        console: has_console.then(|| format!("logs/{name}.console")),
     }
 }
 
-fn failed_early(verdict: Verdict, message: String, timings: Timings) -> AttemptResult {
-    AttemptResult {
-        attempt: Attempt {
-            verdict,
-            exit_code: None,
-            signal: None,
-            message: Some(message),
-            timings,
-        },
-        usage: None,
-        artifacts: Vec::new(),
-        missing_outputs: Vec::new(),
-        tails: Tails::default(),
-        has_console: false,
-        egress: None,
-    }
-}
-
-/// Reads the end of a console log (where an OOM report would be).
-fn console_tail(path: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Runs one attempt. Never panics on guest behaviour; every failure is a
-/// verdict.
+/// Runs one attempt; `on_line` hears every line of its output. Never
+/// panics on guest behaviour; every failure is a verdict.
 pub fn run_attempt(
-    shared: &Arc<RunShared>,
+    shared: &RunShared,
     inst: &Instance,
     queued: Duration,
     slot: &KillSlot,
-) -> AttemptResult {
+    on_line: Option<LineSink>,
+) -> AttemptOutcome {
     let started = Instant::now();
     let mut timings = Timings {
         queued_ms: ms(queued),
         ..Timings::default()
     };
-    let name = file_name(&inst.name);
-    let logs = shared.run_dir.join("logs");
-
-    let pool = match shared.pools.get(&inst.settings) {
-        Ok(p) => p,
-        Err(m) => return failed_early(Verdict::Infra, m, timings),
-    };
-    let lease = pool.acquire();
-    timings.vm_acquire_ms = ms(started.elapsed());
-    let mut lease = match lease {
-        Ok(l) => l,
-        Err(e) => {
-            let m = format!("cannot start a VM: {}", crate::errors::chain(&e));
-            return failed_early(Verdict::Infra, m, timings);
-        }
-    };
-    slot.set(lease.vm.pid());
-    if shared.cancelled.load(Ordering::Acquire) {
-        slot.clear();
-        return failed_early(Verdict::Cancelled, "the run was cancelled".into(), timings);
-    }
-
-    let t = Instant::now();
-    let items = input_items(shared, inst);
-    let owner = match inst.settings.user {
-        User::Root => (0, 0),
-        User::Unprivileged => (STEP_UID, STEP_UID),
-    };
-    let disk_bytes = std::fs::metadata(&lease.disks.input)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let mut input_bytes = None;
-    if !items.is_empty() {
-        match artifacts::pack_inputs(&items, &lease.disks.input, owner, disk_bytes) {
-            Ok(stats) => input_bytes = Some(stats.archive_bytes),
-            Err(e) => {
-                slot.clear();
-                timings.inputs_ms = ms(t.elapsed());
-                let verdict = match e {
-                    artifacts::ArtifactError::InputTooLarge { .. } => Verdict::Failed,
-                    _ => Verdict::Infra,
-                };
-                return failed_early(
-                    verdict,
-                    format!("cannot pack the inputs: {}", crate::errors::chain(&e)),
-                    timings,
-                );
-            }
-        }
-    }
-    timings.inputs_ms = ms(t.elapsed());
-
-    let log_path = logs.join(format!("{name}.log"));
-    let limit = inst.settings.output.0;
-    let mut log = match StepLog::create(Some(&log_path), &shared.secret_values, limit) {
-        Ok(l) => l,
-        Err(e) => {
-            slot.clear();
-            return failed_early(
-                Verdict::Infra,
-                format!("cannot write {}: {e}", log_path.display()),
+    match attempt(shared, inst, slot, started, &mut timings, on_line) {
+        Ok(outcome) => outcome,
+        // An attempt that never ran has no total: nothing of it was a step.
+        Err(e) => AttemptOutcome {
+            attempt: Attempt {
+                verdict: e.verdict(),
+                exit_code: None,
+                signal: None,
+                message: Some(chain(&e)),
                 timings,
-            );
-        }
-    };
-    {
-        let shared = shared.clone();
-        let iname = inst.name.clone();
-        log.on_line(Box::new(move |stream, line| {
-            shared.console.line(&iname, stream == Stream::Err, line);
-        }));
+            },
+            usage: None,
+            artifacts: Vec::new(),
+            missing_outputs: Vec::new(),
+            egress: None,
+            logs: log_paths(&inst.name, e.verdict(), false, false),
+            tails: Tails::default(),
+            image: None,
+        },
     }
-    let mut req = request(inst, input_bytes);
+}
+
+/// The phases in order; `timings` keeps what was measured when one fails.
+fn attempt(
+    shared: &RunShared,
+    inst: &Instance,
+    slot: &KillSlot,
+    started: Instant,
+    timings: &mut Timings,
+    on_line: Option<LineSink>,
+) -> Result<AttemptOutcome, AttemptError> {
+    // Resolved before a VM is leased: a step that cannot start on its image
+    // takes no VM.
+    let image = shared
+        .pools
+        .image(&inst.settings.image)
+        .map_err(AttemptError::Pool)?;
+    let start = request::start(inst, &image).map_err(AttemptError::Image)?;
+    let mut vm = Leased::new(slot, lease_vm(&shared.pools, inst, started, timings)?);
+    if shared.cancelled.load(Ordering::Acquire) {
+        return Err(AttemptError::Cancelled);
+    }
+    let owner = input_owner(start.user);
+    let input_bytes = pack_inputs(shared, inst, owner, &vm.lease.disks.input, timings)?;
+    let mut log = open_log(shared, inst, on_line)?;
+    let mut req = request(inst, start, input_bytes);
     let policy = super::policy::egress_policy(&inst.settings.egress);
-    let broker = match start_broker(shared, &mut lease.vm, &policy) {
-        Ok(broker) => broker,
-        Err(m) => {
-            slot.clear();
-            return failed_early(Verdict::Infra, m, timings);
-        }
-    };
+    let broker = start_broker(&shared.resolve, &mut vm.lease.vm, &policy)?;
     if broker.is_some() {
         req.network = Some(network_setup());
     }
+
+    let ran = run_command(&mut vm, inst, &req, &mut log, timings);
+    let egress_log = broker.map(Broker::finish).unwrap_or_default();
+    let egress = EgressReport::new(&policy, &egress_log);
+    let mut judged = verdict(shared, inst, &vm, &ran, &egress);
+    let outputs = collect_outputs(shared, inst, &vm, &req, &ran, &mut judged, timings);
+
+    let console_src = vm.release();
+    let mut has_console = false;
+    if let Some(src) = console_src {
+        let dest = shared
+            .run_dir
+            .join("logs")
+            .join(format!("{}.console", file_name(&inst.name)));
+        has_console = std::fs::rename(&src, dest).is_ok();
+    }
+    timings.total_ms = timings.queued_ms + ms(started.elapsed());
+    Ok(AttemptOutcome {
+        logs: log_paths(
+            &inst.name,
+            judged.verdict,
+            outputs.usage.is_some(),
+            has_console,
+        ),
+        attempt: Attempt {
+            verdict: judged.verdict,
+            exit_code: judged.exit_code,
+            signal: judged.signal,
+            message: judged
+                .message
+                .map(|m| crate::report::mask_str(&m, &shared.secret_values)),
+            timings: *timings,
+        },
+        usage: outputs.usage,
+        artifacts: outputs.digests,
+        missing_outputs: outputs.missing,
+        egress: Some(egress),
+        tails: Tails {
+            stdout: log.tail(Stream::Out),
+            stderr: log.tail(Stream::Err),
+        },
+        image: (image.reference != "default").then(|| ImageReport {
+            reference: image.reference.clone(),
+            digest: image.digest.clone(),
+            pulled: image.pulled,
+        }),
+    })
+}
+
+/// A restored VM from the pool of the step's shape (opened on first use).
+fn lease_vm(
+    pools: &Pools,
+    inst: &Instance,
+    started: Instant,
+    timings: &mut Timings,
+) -> Result<LeasedVm, AttemptError> {
+    let pool = pools.get(&inst.settings).map_err(AttemptError::Pool)?;
+    let lease = pool.acquire();
+    timings.vm_acquire_ms = ms(started.elapsed());
+    lease.map_err(AttemptError::Lease)
+}
+
+/// Packs the step's inputs onto the VM's input disk; returns the archive's
+/// length, or `None` when the step has no inputs.
+fn pack_inputs(
+    shared: &RunShared,
+    inst: &Instance,
+    owner: (u64, u64),
+    disk: &Path,
+    timings: &mut Timings,
+) -> Result<Option<u64>, AttemptError> {
+    let t = Instant::now();
+    let items = input_items(&shared.plan, &shared.run_dir, inst);
+    let disk_bytes = std::fs::metadata(disk).map(|m| m.len()).unwrap_or(0);
+    let packed = if items.is_empty() {
+        Ok(None)
+    } else {
+        artifacts::pack_inputs(&items, disk, owner, disk_bytes)
+            .map(|stats| Some(stats.archive_bytes))
+            .map_err(AttemptError::Inputs)
+    };
+    timings.inputs_ms = ms(t.elapsed());
+    packed
+}
+
+/// The step's output log, masking the job's secrets; `on_line` hears each
+/// finished line.
+fn open_log(
+    shared: &RunShared,
+    inst: &Instance,
+    on_line: Option<LineSink>,
+) -> Result<StepLog, AttemptError> {
+    let path = shared
+        .run_dir
+        .join("logs")
+        .join(format!("{}.log", file_name(&inst.name)));
+    let limit = inst.settings.output.0;
+    let mut log = StepLog::create(Some(&path), &shared.secret_values, limit)
+        .map_err(|source| AttemptError::Log { path, source })?;
+    if let Some(f) = on_line {
+        log.on_line(f);
+    }
+    Ok(log)
+}
+
+/// Starts the step's egress broker on the VM's broker channel, unless the
+/// step has no network (then the VMM keeps its default: deny everything,
+/// and the guest's interface stays down).
+fn start_broker(
+    resolve: &Arc<Overrides>,
+    vm: &mut VmHandle,
+    policy: &EgressPolicy,
+) -> Result<Option<Broker>, AttemptError> {
+    if *policy == EgressPolicy::None {
+        return Ok(None);
+    }
+    let sock = vm.take_net_channel().ok_or(AttemptError::NetChannelUsed)?;
+    let config = BrokerConfig {
+        policy: policy.clone(),
+        overrides: resolve.clone(),
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    Broker::start(sock, config)
+        .map(Some)
+        .map_err(AttemptError::Broker)
+}
+
+/// How the command's run ended.
+struct Ran {
+    result: Result<RunOutcome, RunError>,
+    /// The output passed the step's limit and the VM was stopped.
+    exceeded: bool,
+}
+
+/// Sends the request and streams the output into the log until the guest
+/// reports the exit or the host deadline passes. Output past the step's
+/// limit stops the VM.
+fn run_command(
+    vm: &mut Leased<'_>,
+    inst: &Instance,
+    req: &RunRequest,
+    log: &mut StepLog,
+    timings: &mut Timings,
+) -> Ran {
     let timeout = inst.settings.timeout.0;
     // Room for guest-side packing of the outputs after the command.
     let host_timeout = timeout + Duration::from_secs(30) + timeout / 10;
     let t = Instant::now();
     let mut exceeded = false;
-    let result = session::run(&mut lease.vm, &req, host_timeout, &mut |stream, bytes| {
+    let slot = vm.slot;
+    let result = session::run(&mut vm.lease.vm, req, host_timeout, &mut |stream, bytes| {
         let s = match stream {
             OutputStream::Stdout => Stream::Out,
             OutputStream::Stderr => Stream::Err,
@@ -296,35 +373,80 @@ pub fn run_attempt(
         .and_then(|o| o.exited.phases)
         .map(Into::into);
     log.finish();
-    let egress_log = broker.map(Broker::finish).unwrap_or_default();
-    let egress = EgressReport::new(&policy, &egress_log);
+    Ran { result, exceeded }
+}
 
-    let console_src = lease.console_log.clone();
-    let console = console_src.as_deref().map(console_tail).unwrap_or_default();
-    let ended = match &result {
+/// Reads the end of a console log (where an OOM report would be).
+fn console_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The verdict on how the command ended, the console's OOM evidence and
+/// the step's egress rule.
+fn verdict(
+    shared: &RunShared,
+    inst: &Instance,
+    vm: &Leased<'_>,
+    ran: &Ran,
+    egress: &EgressReport,
+) -> Judged {
+    let console = vm
+        .lease
+        .console_log
+        .as_deref()
+        .map(console_tail)
+        .unwrap_or_default();
+    let ended = match &ran.result {
         Ok(o) => Ended::Exited(o.exited),
         Err(RunError::Timeout(_)) => Ended::HostTimeout,
         Err(RunError::Guest(r)) if r.code == ErrorCode::CommandNotFound => {
             Ended::NotFound(r.message.clone())
         }
-        Err(e) => Ended::Broken(crate::errors::chain(e)),
+        Err(e) => Ended::Broken(chain(e)),
     };
     let observed = Observed {
         ended,
-        output_exceeded: exceeded,
+        output_exceeded: ran.exceeded,
         cancelled: shared.cancelled.load(Ordering::Acquire),
         oom_in_console: oom_evidence(&console),
-        timeout_secs: timeout.as_secs(),
+        timeout_secs: inst.settings.timeout.0.as_secs(),
     };
-    let mut judged = enforce_egress(judge(&observed), inst.settings.on_violation, &egress);
+    enforce_egress(judge(&observed), inst.settings.on_violation, egress)
+}
 
+/// What the outputs phase produced.
+#[derive(Default)]
+struct Outputs {
+    usage: Option<Usage>,
+    digests: Vec<FileDigest>,
+    missing: Vec<String>,
+}
+
+/// Validates and unpacks the output disk into the run's artifacts, when
+/// the command exited and the step declares outputs. A rejected disk fails
+/// a step that had passed, and its reason joins the verdict's message.
+fn collect_outputs(
+    shared: &RunShared,
+    inst: &Instance,
+    vm: &Leased<'_>,
+    req: &RunRequest,
+    ran: &Ran,
+    judged: &mut Judged,
+    timings: &mut Timings,
+) -> Outputs {
     let t = Instant::now();
-    let mut digests = Vec::new();
-    let mut missing = Vec::new();
-    let mut usage = None;
-    if let Ok(outcome) = &result {
+    let mut out = Outputs::default();
+    if let Ok(outcome) = &ran.result {
         let e = outcome.exited;
-        usage = Some(Usage {
+        out.usage = Some(Usage {
             user_us: e.rusage.user_us,
             system_us: e.rusage.system_us,
             max_rss_kib: e.rusage.max_rss_kib,
@@ -335,19 +457,19 @@ pub fn run_attempt(
             let packed_ok = e.outputs.is_some_and(|p| !p.failed);
             let unpacked = if packed_ok {
                 artifacts::unpack_outputs(
-                    &lease.disks.output,
+                    &vm.lease.disks.output,
                     &dest,
                     &req.artifacts.outputs,
                     OutputLimits::default(),
                 )
-                .map_err(|err| format!("output disk rejected: {}", crate::errors::chain(&err)))
+                .map_err(|err| format!("output disk rejected: {}", chain(&err)))
             } else {
                 Err("the guest could not pack the outputs (see the log)".to_owned())
             };
             match unpacked {
                 Ok(u) => {
-                    digests = u.files;
-                    missing = u.unmatched;
+                    out.digests = u.files;
+                    out.missing = u.unmatched;
                 }
                 Err(m) => {
                     if judged.verdict == Verdict::Passed {
@@ -362,68 +484,5 @@ pub fn run_attempt(
         }
     }
     timings.outputs_ms = ms(t.elapsed());
-
-    slot.clear();
-    drop(lease);
-    let mut has_console = false;
-    if let Some(src) = console_src {
-        has_console = std::fs::rename(&src, logs.join(format!("{name}.console"))).is_ok();
-    }
-    timings.total_ms = timings.queued_ms + ms(started.elapsed());
-    let tails = Tails {
-        stdout: log.tail(Stream::Out),
-        stderr: log.tail(Stream::Err),
-    };
-    AttemptResult {
-        attempt: Attempt {
-            verdict: judged.verdict,
-            exit_code: judged.exit_code,
-            signal: judged.signal,
-            message: judged
-                .message
-                .map(|m| crate::report::mask_str(&m, &shared.secret_values)),
-            timings,
-        },
-        usage,
-        artifacts: digests,
-        missing_outputs: missing,
-        tails,
-        has_console,
-        egress: Some(egress),
-    }
-}
-
-/// Starts the step's egress broker on the VM's broker channel, unless the
-/// step has no network (then the VMM keeps its default: deny everything,
-/// and the guest's interface stays down).
-fn start_broker(
-    shared: &RunShared,
-    vm: &mut crate::pool::vm::VmHandle,
-    policy: &EgressPolicy,
-) -> Result<Option<Broker>, String> {
-    if *policy == EgressPolicy::None {
-        return Ok(None);
-    }
-    let sock = vm
-        .take_net_channel()
-        .ok_or("the VM's network channel was already used")?;
-    let config = BrokerConfig {
-        policy: policy.clone(),
-        overrides: shared.resolve.clone(),
-        connect_timeout: CONNECT_TIMEOUT,
-    };
-    Broker::start(sock, config)
-        .map(Some)
-        .map_err(|e| format!("cannot start the egress broker: {e}"))
-}
-
-/// The guest side of the VMM's network, as guest-init configures it.
-fn network_setup() -> guest_init::proto::NetworkSetup {
-    use sbxrun_proto::guest_net::{GATEWAY_IP, GUEST_IP, PREFIX_LEN};
-    guest_init::proto::NetworkSetup {
-        address: GUEST_IP,
-        prefix_len: PREFIX_LEN,
-        gateway: GATEWAY_IP,
-        dns: GATEWAY_IP,
-    }
+    out
 }

@@ -38,3 +38,7 @@ fn policy_rule(rule: &EgressRule) -> PolicyRule {
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "policy_connect_tests.rs"]
+mod connect_tests;

@@ -1,7 +1,8 @@
 //! The scheduler: asks the plan what is ready, runs it up to the
 //! concurrency limit (one thread per running attempt, each with its own
-//! fresh VM), retries, records skips with their reason, reacts to signals
-//! and fail-fast, and keeps the reports on disk current after every step.
+//! fresh VM), retries, decides skips with their reason, reacts to signals
+//! and fail-fast, and tells the run's sinks what happened as events. It
+//! keeps only what scheduling needs; the reports build their own state.
 //!
 //! Fail-fast stops *starting* steps; steps already running finish and are
 //! reported normally, everything not started is reported `cancelled`.
@@ -14,28 +15,34 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::attempt::{run_attempt, AttemptResult, RunShared};
+use super::attempt::{run_attempt, RunShared};
 use super::kill::KillSlot;
+use super::outcome::StepFinal;
 use super::verdict::should_retry;
 use crate::plan::{InstanceId, Outcome, Progress, Ready};
-use crate::report::junit::Tails;
-use crate::report::{LogPaths, StepReport, Timings, Verdict};
+use crate::report::{
+    AttemptOutcome, LineSink, Notice, Reporter, RunEvent, StepEnd, StepId, Stream, Verdict,
+};
 
-/// What the scheduler hears about.
-pub enum Event {
+/// What the scheduling thread hears about.
+pub enum Msg {
     /// An attempt finished.
-    Finished(InstanceId, Box<AttemptResult>),
+    Finished(InstanceId, Box<AttemptOutcome>),
+    /// A line of a running step's output (only when a sink wants them).
+    Output(InstanceId, Stream, String),
     /// SIGINT or SIGTERM arrived.
     Signal(i32),
 }
 
-/// Per-instance state.
-pub struct StepState {
-    pub report: StepReport,
-    pub tails: Tails,
+/// Per-instance scheduling state.
+#[derive(Default)]
+struct StepState {
+    /// Attempts finished so far.
+    attempts: u32,
     ready_at: Option<Instant>,
     slot: Option<KillSlot>,
-    pub done: bool,
+    /// The final verdict, once the instance has ended.
+    end: Option<Verdict>,
 }
 
 /// How the loop ended.
@@ -47,43 +54,21 @@ pub enum Stop {
     Interrupted,
 }
 
-/// Called after every change worth saving (reports are rewritten).
-pub type OnChange<'a> = dyn FnMut(&[StepState]) + 'a;
-
 /// The scheduling loop.
 pub struct Scheduler {
     shared: Arc<RunShared>,
     concurrency: usize,
     fail_fast: bool,
-    tx: Sender<Event>,
-    rx: Receiver<Event>,
-    pub steps: Vec<StepState>,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    steps: Vec<StepState>,
     queue: VecDeque<InstanceId>,
     running: usize,
     stopping: Option<String>,
 }
 
-fn empty_report(shared: &RunShared, id: InstanceId) -> StepReport {
-    let inst = shared.plan.instance(id);
-    StepReport {
-        name: inst.name.clone(),
-        step: inst.step.to_string(),
-        matrix: inst.matrix.iter().cloned().collect(),
-        verdict: Verdict::Cancelled,
-        exit_code: None,
-        message: None,
-        allow_failure: inst.allow_failure,
-        attempts: Vec::new(),
-        timings: Timings::default(),
-        usage: None,
-        artifacts: Vec::new(),
-        missing_outputs: Vec::new(),
-        egress: crate::report::EgressReport::new(
-            &super::policy::egress_policy(&inst.settings.egress),
-            &sbxrun_egress::EventLog::new(),
-        ),
-        logs: LogPaths::default(),
-    }
+fn step_id(id: InstanceId) -> StepId {
+    StepId(id.0)
 }
 
 impl Scheduler {
@@ -91,13 +76,7 @@ impl Scheduler {
     pub fn new(shared: Arc<RunShared>, concurrency: usize, fail_fast: bool) -> Self {
         let (tx, rx) = mpsc::channel();
         let steps = (0..shared.plan.len())
-            .map(|i| StepState {
-                report: empty_report(&shared, InstanceId(i)),
-                tails: Tails::default(),
-                ready_at: None,
-                slot: None,
-                done: false,
-            })
+            .map(|_| StepState::default())
             .collect();
         Scheduler {
             shared,
@@ -113,8 +92,29 @@ impl Scheduler {
     }
 
     /// A sender for outside events (signals).
-    pub fn sender(&self) -> Sender<Event> {
+    pub fn sender(&self) -> Sender<Msg> {
         self.tx.clone()
+    }
+
+    /// Each instance's final verdict and whether its failure is allowed, in
+    /// plan order (after [`Scheduler::run`], every instance has ended).
+    pub fn ends(&self) -> Vec<StepFinal> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepFinal {
+                verdict: s.end.unwrap_or(Verdict::Cancelled),
+                allow_failure: self.shared.plan.instance(InstanceId(i)).allow_failure,
+            })
+            .collect()
+    }
+
+    fn end(&mut self, reporter: &mut Reporter<'_>, id: InstanceId, end: StepEnd) {
+        self.steps[id.0].end = Some(end.verdict());
+        reporter.emit(RunEvent::StepFinished {
+            step: step_id(id),
+            end,
+        });
     }
 
     fn skip_reason(&self, progress: &Progress<'_>, id: InstanceId) -> String {
@@ -138,25 +138,21 @@ impl Scheduler {
         }
     }
 
-    fn take_ready(&mut self, progress: &Progress<'_>, mut ready: Ready) {
+    fn take_ready(
+        &mut self,
+        reporter: &mut Reporter<'_>,
+        progress: &Progress<'_>,
+        mut ready: Ready,
+    ) {
         let now = Instant::now();
         for id in ready.skip {
-            let st_reason = self.skip_reason(progress, id);
-            let stopping = self.stopping.clone();
-            let st = &mut self.steps[id.0];
             // Once the run is stopping, what was never run is cancelled,
             // not skipped: its condition was never really evaluated.
-            match stopping {
-                Some(why) => {
-                    st.report.verdict = Verdict::Cancelled;
-                    st.report.message = Some(format!("not run: {why}"));
-                }
-                None => {
-                    st.report.verdict = Verdict::Skipped;
-                    st.report.message = Some(st_reason);
-                }
-            }
-            st.done = true;
+            let end = match self.stopping.clone() {
+                Some(why) => StepEnd::Cancelled(why),
+                None => StepEnd::Skipped(self.skip_reason(progress, id)),
+            };
+            self.end(reporter, id, end);
         }
         // Start in manifest order among what is ready.
         ready.run.sort();
@@ -166,38 +162,46 @@ impl Scheduler {
         }
     }
 
-    fn dispatch(&mut self) {
+    /// Forwards a step's output lines to the scheduling thread.
+    fn output_forwarder(&self, id: InstanceId) -> LineSink {
+        let tx = self.tx.clone();
+        Box::new(move |stream, line| {
+            let _ = tx.send(Msg::Output(id, stream, line.to_owned()));
+        })
+    }
+
+    fn dispatch(&mut self, reporter: &mut Reporter<'_>) {
         while self.running < self.concurrency && self.stopping.is_none() {
             let Some(id) = self.queue.pop_front() else {
                 break;
             };
+            let on_line = reporter.wants_output().then(|| self.output_forwarder(id));
             let st = &mut self.steps[id.0];
             let queued = st.ready_at.map(|t| t.elapsed()).unwrap_or_default();
             let slot = KillSlot::default();
             st.slot = Some(slot.clone());
-            let attempt_no = st.report.attempts.len() + 1;
+            let attempt = st.attempts + 1;
             self.running += 1;
-            self.shared.console.started(
-                &st.report.name,
-                attempt_no,
-                self.running,
-                self.queue.len(),
-            );
+            reporter.emit(RunEvent::StepStarted {
+                step: step_id(id),
+                attempt,
+                running: self.running,
+                queued: self.queue.len(),
+            });
             let shared = self.shared.clone();
             let tx = self.tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("step-{}", id.0))
                 .spawn(move || {
                     let inst = shared.plan.instance(id);
-                    let result = run_attempt(&shared, inst, queued, &slot);
-                    let _ = tx.send(Event::Finished(id, Box::new(result)));
+                    let outcome = run_attempt(&shared, inst, queued, &slot, on_line);
+                    let _ = tx.send(Msg::Finished(id, Box::new(outcome)));
                 });
             if let Err(e) = spawned {
                 self.running -= 1;
-                let st = &mut self.steps[id.0];
-                st.report.verdict = Verdict::Infra;
-                st.report.message = Some(format!("cannot start a thread: {e}"));
-                st.done = true;
+                // The plan is not told: its dependents end as not run.
+                let end = StepEnd::NotStarted(format!("cannot start a thread: {e}"));
+                self.end(reporter, id, end);
             }
         }
     }
@@ -210,46 +214,32 @@ impl Scheduler {
         }
     }
 
-    /// Records an attempt; returns the outcome when the instance is final.
-    fn record(&mut self, id: InstanceId, r: AttemptResult) -> Option<Outcome> {
+    /// Reports an attempt; returns the outcome when the instance is final.
+    fn record(
+        &mut self,
+        reporter: &mut Reporter<'_>,
+        id: InstanceId,
+        outcome: Box<AttemptOutcome>,
+    ) -> Option<Outcome> {
         let inst = self.shared.plan.instance(id);
-        let run_dir_logs = |n: &str| format!("logs/{n}");
         let st = &mut self.steps[id.0];
         st.slot = None;
-        let verdict = r.attempt.verdict;
-        let attempt_no = st.report.attempts.len() as u32 + 1;
-        st.report.verdict = verdict;
-        st.report.exit_code = r.attempt.exit_code;
-        st.report.message = r.attempt.message.clone();
-        st.report.timings = r.attempt.timings;
-        st.report.usage = r.usage;
-        st.report.artifacts = r.artifacts;
-        st.report.missing_outputs = r.missing_outputs;
-        // An attempt that ended before its network was set up has no
-        // egress section of its own; the configured policy stays.
-        if let Some(egress) = r.egress {
-            st.report.egress = egress;
-        }
-        let fname = super::attempt::file_name(&inst.name);
-        if verdict != Verdict::Cancelled || r.usage.is_some() {
-            st.report.logs.output = Some(run_dir_logs(&format!("{fname}.log")));
-        }
-        if r.has_console {
-            st.report.logs.console = Some(run_dir_logs(&format!("{fname}.console")));
-        }
-        st.report.attempts.push(r.attempt);
-        st.tails = r.tails;
-        let retry = self.stopping.is_none()
+        st.attempts += 1;
+        let verdict = outcome.attempt.verdict;
+        let retrying = self.stopping.is_none()
             && !self.shared.cancelled.load(Ordering::Acquire)
-            && should_retry(verdict, attempt_no, inst.settings.retries, &inst.retry_on);
-        let tail = st.tails.stderr.clone() + &st.tails.stdout;
-        self.shared.console.finished(&st.report, retry, &tail);
-        if retry {
+            && should_retry(verdict, st.attempts, inst.settings.retries, &inst.retry_on);
+        reporter.emit(RunEvent::AttemptFinished {
+            step: step_id(id),
+            outcome,
+            retrying,
+        });
+        if retrying {
             st.ready_at = Some(Instant::now());
             self.queue.push_front(id);
             return None;
         }
-        st.done = true;
+        self.end(reporter, id, StepEnd::Ran(verdict));
         Some(match verdict {
             Verdict::Passed => Outcome::Succeeded,
             Verdict::Skipped => Outcome::Skipped,
@@ -258,58 +248,63 @@ impl Scheduler {
         })
     }
 
-    /// Runs the plan to the end (or until interrupted). `on_change` is
-    /// called whenever a step finishes, so reports on disk stay current.
-    pub fn run(&mut self, on_change: &mut OnChange<'_>) -> Stop {
+    /// Runs the plan to the end (or until interrupted). The reporter's
+    /// sinks are flushed whenever a step finishes, so reports on disk stay
+    /// current.
+    pub fn run(&mut self, reporter: &mut Reporter<'_>) -> Stop {
         let shared = self.shared.clone();
         let mut progress = Progress::new(&shared.plan);
         let ready = progress.start();
-        self.take_ready(&progress, ready);
+        self.take_ready(reporter, &progress, ready);
         let mut signals = 0;
         loop {
-            self.dispatch();
+            self.dispatch(reporter);
             if self.running == 0 && (self.queue.is_empty() || self.stopping.is_some()) {
                 break;
             }
             // Workers bound their own waits; the timeout here only keeps
             // the loop responsive if a sender is lost.
-            let event = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(e) => e,
+            let msg = match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            match event {
-                Event::Finished(id, result) => {
+            match msg {
+                Msg::Finished(id, outcome) => {
                     self.running -= 1;
-                    if let Some(outcome) = self.record(id, *result) {
+                    if let Some(outcome) = self.record(reporter, id, outcome) {
                         let failed =
                             outcome == Outcome::Failed && !shared.plan.instance(id).allow_failure;
                         let ready = progress.finish(id, outcome);
-                        self.take_ready(&progress, ready);
+                        self.take_ready(reporter, &progress, ready);
                         if failed && self.fail_fast && self.stopping.is_none() {
                             let name = &shared.plan.instance(id).name;
-                            let why = format!("fail-fast: `{name}` failed");
-                            shared.console.notice(&format!(
-                                "{why}; letting {} running step(s) finish, starting no more",
-                                self.running
-                            ));
-                            self.stopping = Some(why);
+                            self.stopping = Some(format!("fail-fast: `{name}` failed"));
+                            reporter.emit(RunEvent::Notice(Notice::FailFast {
+                                step: name.clone(),
+                                running: self.running,
+                            }));
                         }
                     }
-                    on_change(&self.steps);
+                    reporter.flush();
                 }
-                Event::Signal(sig) => {
+                Msg::Output(id, stream, line) => reporter.emit(RunEvent::StepOutput {
+                    step: step_id(id),
+                    stream,
+                    line,
+                }),
+                Msg::Signal(signal) => {
                     signals += 1;
                     shared.cancelled.store(true, Ordering::Release);
                     self.stopping = Some("the run was interrupted".into());
                     self.kill_running();
                     if signals == 1 {
-                        shared.console.notice(&format!(
-                            "signal {sig}: cancelling (stopping {} running step(s)); again to quit at once",
-                            self.running
-                        ));
+                        reporter.emit(RunEvent::Notice(Notice::Interrupted {
+                            signal,
+                            running: self.running,
+                        }));
                     } else {
-                        shared.console.notice("second signal: quitting now");
+                        reporter.emit(RunEvent::Notice(Notice::Quitting));
                         break;
                     }
                 }
@@ -319,16 +314,12 @@ impl Scheduler {
             .stopping
             .clone()
             .unwrap_or_else(|| "the run ended first".into());
-        for st in &mut self.steps {
-            if !st.done {
-                st.done = true;
-                st.report.verdict = Verdict::Cancelled;
-                if st.report.message.is_none() || st.report.attempts.is_empty() {
-                    st.report.message = Some(format!("not run: {reason}"));
-                }
+        for i in 0..self.steps.len() {
+            if self.steps[i].end.is_none() {
+                self.end(reporter, InstanceId(i), StepEnd::Cancelled(reason.clone()));
             }
         }
-        on_change(&self.steps);
+        reporter.flush();
         if signals > 0 {
             Stop::Interrupted
         } else {
