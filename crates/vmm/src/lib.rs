@@ -10,5 +10,6 @@ mod boot;
 mod devices;
 pub mod net;
 mod netwire;
+mod persist;
 pub mod runtime;
 mod vstate;

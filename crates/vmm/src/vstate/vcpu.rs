@@ -2,9 +2,10 @@
 //! to an [`ExitHandler`]; the rest end the VM with a typed [`VmExit`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
 use super::cpuid;
 use super::vm::Vm;
@@ -76,6 +77,8 @@ fn segment_from_gdt(index: usize) -> kvm_segment {
 /// A vCPU ready to run.
 pub struct Vcpu {
     fd: VcpuFd,
+    /// The system handle, for the MSR index list a save reads.
+    kvm: Arc<Kvm>,
 }
 
 impl Vcpu {
@@ -92,7 +95,10 @@ impl Vcpu {
         cpuid::adjust(&mut cpuid, index, count, flavour);
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::SetState(e, "CPUID"))?;
-        let vcpu = Vcpu { fd };
+        let vcpu = Vcpu {
+            fd,
+            kvm: vm.kvm().clone(),
+        };
         vcpu.set_virtual_wire_lapic()?;
         Ok(vcpu)
     }
@@ -100,6 +106,11 @@ impl Vcpu {
     /// The KVM handle, for snapshotting.
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    /// The KVM system handle, for snapshotting.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
     }
 
     /// LINT0 as ExtINT and LINT1 as NMI: the guest has no MP table or ACPI,

@@ -1,6 +1,8 @@
 //! The KVM VM: memory slots, in-kernel irqchip and PIT, irqfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -32,7 +34,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// A VM with its memory registered and interrupt controllers created.
 pub struct Vm {
-    kvm: Kvm,
+    /// Shared with the vCPUs, which need it to list MSRs when saved.
+    kvm: Arc<Kvm>,
     fd: VmFd,
 }
 
@@ -70,11 +73,14 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::Pit)?;
-        Ok(Vm { kvm, fd })
+        Ok(Vm {
+            kvm: Arc::new(kvm),
+            fd,
+        })
     }
 
     /// The KVM system handle (for CPUID and MSR queries).
-    pub fn kvm(&self) -> &Kvm {
+    pub fn kvm(&self) -> &Arc<Kvm> {
         &self.kvm
     }
 

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::queue::{Queue, QueueContext, QueueError, QueueState, Ring};
+use super::queue::{Queue, QueueArgs, QueueContext, QueueError, QueueState, Ring};
 use super::{features, interrupt, status, DeviceState, VirtioDevice, VirtioError};
 use crate::devices::BusDevice;
+use crate::persist::Persist;
 
 /// "virt" in little endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -134,7 +135,7 @@ pub enum MmioError {
 
 /// Serializable state of a transport and its device. Holds no fds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmioTransportState {
+pub(crate) struct MmioTransportState {
     /// Virtio device id.
     pub device_type: u32,
     /// Device status register.
@@ -256,98 +257,6 @@ impl MmioTransport {
             .as_any_mut()
             .downcast_mut::<D>()
             .ok_or(MmioError::WrongDeviceType(device_type))
-    }
-
-    /// Saves the transport and device state. The caller holds the lock and
-    /// the vCPUs are paused, so no request is half done: requests complete
-    /// within the QueueNotify write that starts them.
-    pub fn save(&self) -> Result<MmioTransportState, MmioError> {
-        Ok(MmioTransportState {
-            device_type: self.device.device_type(),
-            status: self.status,
-            device_features_select: self.device_features_select,
-            driver_features_select: self.driver_features_select,
-            driver_features: self.driver_features,
-            queue_select: self.queue_select,
-            queues: self.queues.iter().map(Queue::save).collect(),
-            interrupt_status: self.interrupt_status,
-            config_generation: self.config_generation,
-            device: self.device.save_state(),
-        })
-    }
-
-    /// Rebuilds a transport around a freshly constructed `device` (with its
-    /// backend) from `state`. A device that was live is activated again; a
-    /// pending interrupt is raised again, since the edge that delivered it
-    /// may not have survived the snapshot.
-    pub fn restore(
-        mem: GuestMemoryMmap,
-        interrupt: EventFd,
-        mut device: Box<dyn VirtioDevice>,
-        state: &MmioTransportState,
-    ) -> Result<Self, MmioError> {
-        let actual = device.device_type();
-        if state.device_type != actual {
-            return Err(MmioError::DeviceTypeMismatch {
-                saved: state.device_type,
-                actual,
-            });
-        }
-        let max_sizes = device.queue_max_sizes();
-        if state.queues.len() != max_sizes.len() {
-            return Err(MmioError::QueueCountMismatch {
-                saved: state.queues.len(),
-                actual: max_sizes.len(),
-            });
-        }
-        let queues = max_sizes
-            .iter()
-            .zip(&state.queues)
-            .enumerate()
-            .map(|(index, (&max, qs))| {
-                Queue::restore(max, qs, &mem).map_err(|source| MmioError::Queue { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        device
-            .restore_state(&state.device)
-            .map_err(MmioError::DeviceState)?;
-        // Before FEATURES_OK the driver may have written anything; only
-        // negotiated features must be ones this device offers.
-        if state.status & status::FEATURES_OK != 0 {
-            let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
-            if state.driver_features & !offered != 0 {
-                return Err(MmioError::FeaturesNotOffered(state.driver_features));
-            }
-            device.ack_features(state.driver_features);
-        }
-        let mut transport = Self {
-            mem,
-            interrupt,
-            device,
-            queues,
-            status: state.status,
-            device_features_select: state.device_features_select,
-            driver_features_select: state.driver_features_select,
-            driver_features: state.driver_features,
-            queue_select: state.queue_select,
-            interrupt_status: state.interrupt_status,
-            config_generation: state.config_generation,
-            activated: false,
-        };
-        let live = status::DRIVER_OK | status::FEATURES_OK;
-        if state.status & live == live && state.status & status::DEVICE_NEEDS_RESET == 0 {
-            let mut activation = Ok(());
-            transport.run_device(|device, ctx| {
-                activation = device.activate(ctx);
-                Ok(())
-            });
-            activation.map_err(MmioError::Activate)?;
-            transport.activated = true;
-        }
-        if transport.interrupt_status != 0 {
-            transport.raise_interrupt(0);
-        }
-        Ok(transport)
     }
 
     /// Lends memory and queues to the device for `f`, then interrupts the
@@ -593,6 +502,129 @@ impl MmioTransport {
             reg::STATUS => self.write_status(value),
             _ => tracing::debug!(offset, value, "write to unknown virtio-mmio register"),
         }
+    }
+}
+
+/// What a transport is restored around: the same resources as a cold boot's
+/// [`MmioTransport::new`].
+pub(crate) struct MmioTransportArgs {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's irqfd.
+    pub interrupt: EventFd,
+    /// The device, freshly built around its backend; the saved device
+    /// state is checked against it and applied.
+    pub device: Box<dyn VirtioDevice>,
+}
+
+impl Persist for MmioTransport {
+    type State = MmioTransportState;
+    type RestoreArgs<'a> = MmioTransportArgs;
+    type Error = MmioError;
+
+    /// Saves the transport and device state. The caller holds the lock and
+    /// the vCPUs are paused, so no request is half done: requests complete
+    /// within the QueueNotify write that starts them.
+    fn save(&self) -> Result<MmioTransportState, MmioError> {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, q)| {
+                q.save()
+                    .map_err(|source| MmioError::Queue { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            queues,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            device: self.device.save_state(),
+        })
+    }
+
+    /// Rebuilds a transport around a freshly constructed device (with its
+    /// backend). A device that was live is activated again; a pending
+    /// interrupt is raised again, since the edge that delivered it may not
+    /// have survived the snapshot.
+    fn restore(args: MmioTransportArgs, state: &MmioTransportState) -> Result<Self, MmioError> {
+        let MmioTransportArgs {
+            mem,
+            interrupt,
+            mut device,
+        } = args;
+        let actual = device.device_type();
+        if state.device_type != actual {
+            return Err(MmioError::DeviceTypeMismatch {
+                saved: state.device_type,
+                actual,
+            });
+        }
+        let max_sizes = device.queue_max_sizes();
+        if state.queues.len() != max_sizes.len() {
+            return Err(MmioError::QueueCountMismatch {
+                saved: state.queues.len(),
+                actual: max_sizes.len(),
+            });
+        }
+        let queues = max_sizes
+            .iter()
+            .zip(&state.queues)
+            .enumerate()
+            .map(|(index, (&max, qs))| {
+                let args = QueueArgs {
+                    max_size: max,
+                    mem: &mem,
+                };
+                Queue::restore(args, qs).map_err(|source| MmioError::Queue { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        device
+            .restore_state(&state.device)
+            .map_err(MmioError::DeviceState)?;
+        // Before FEATURES_OK the driver may have written anything; only
+        // negotiated features must be ones this device offers.
+        if state.status & status::FEATURES_OK != 0 {
+            let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
+            if state.driver_features & !offered != 0 {
+                return Err(MmioError::FeaturesNotOffered(state.driver_features));
+            }
+            device.ack_features(state.driver_features);
+        }
+        let mut transport = Self {
+            mem,
+            interrupt,
+            device,
+            queues,
+            status: state.status,
+            device_features_select: state.device_features_select,
+            driver_features_select: state.driver_features_select,
+            driver_features: state.driver_features,
+            queue_select: state.queue_select,
+            interrupt_status: state.interrupt_status,
+            config_generation: state.config_generation,
+            activated: false,
+        };
+        let live = status::DRIVER_OK | status::FEATURES_OK;
+        if state.status & live == live && state.status & status::DEVICE_NEEDS_RESET == 0 {
+            let mut activation = Ok(());
+            transport.run_device(|device, ctx| {
+                activation = device.activate(ctx);
+                Ok(())
+            });
+            activation.map_err(MmioError::Activate)?;
+            transport.activated = true;
+        }
+        if transport.interrupt_status != 0 {
+            transport.raise_interrupt(0);
+        }
+        Ok(transport)
     }
 }
 

@@ -27,8 +27,9 @@
 //!     RxOutcome::Delivered | RxOutcome::Dropped | RxOutcome::NotReady => {}
 //! }
 //!
-//! // Snapshot (vCPUs paused): transport.save()?; restore with a freshly
-//! // built device: MmioTransport::restore(mem, irqfd, Box::new(dev), &state)?
+//! // Snapshot (vCPUs paused), through `Persist`: transport.save()?; restore
+//! // with a freshly built device:
+//! // MmioTransport::restore(MmioTransportArgs { mem, interrupt, device }, &state)?
 //! ```
 
 pub mod block;
@@ -45,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 pub use block::{Block, BlockError, BlockState};
 pub use console::{Console, ConsoleState};
-pub use mmio::{MmioError, MmioTransport, MmioTransportState};
+pub(crate) use mmio::MmioTransportState;
+pub use mmio::{MmioError, MmioTransport};
 pub use net::{Net, NetBackend, NetState, RxOutcome};
 pub use queue::{QueueContext, QueueError};
 
@@ -156,9 +158,13 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: forget activation and negotiated
     /// features, keep the backend.
     fn reset(&mut self);
-    /// The device's own state (queues are saved by the transport).
+    /// The device's own state (queues are saved by the transport). The
+    /// device's half of the transport's `Persist::save`: a trait object
+    /// cannot be `Persist` itself.
     fn save_state(&self) -> DeviceState;
-    /// Applies a saved state to a freshly constructed device.
+    /// Checks a saved state against this freshly constructed device (built
+    /// around its backend as for a cold boot) and takes it over: the
+    /// device's half of the transport's `Persist::restore`.
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError>;
     /// For [`MmioTransport::with_device`], which needs the concrete type.
     fn as_any_mut(&mut self) -> &mut dyn Any;

@@ -13,6 +13,8 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
+use crate::persist::Persist;
+
 /// Descriptor flag: the chain continues at `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer (otherwise it reads it).
@@ -288,6 +290,53 @@ pub struct QueueState {
     pub next_used: u16,
 }
 
+/// What a queue is restored into: its device's maximum size, and the
+/// guest memory its saved addresses are checked against.
+pub(crate) struct QueueArgs<'a> {
+    /// The device's maximum size for this queue.
+    pub max_size: u16,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl Persist for Queue {
+    type State = QueueState;
+    type RestoreArgs<'a> = QueueArgs<'a>;
+    type Error = QueueError;
+
+    /// Never fails.
+    fn save(&self) -> Result<QueueState, QueueError> {
+        Ok(QueueState {
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table.0,
+            avail_ring: self.avail_ring.0,
+            used_ring: self.used_ring.0,
+            next_avail: self.next_avail.0,
+            next_used: self.next_used.0,
+        })
+    }
+
+    /// The state is checked like driver-written values (see
+    /// [`Queue::validate`]) when the queue was ready.
+    fn restore(args: QueueArgs<'_>, state: &QueueState) -> Result<Self, QueueError> {
+        let queue = Self {
+            max_size: args.max_size,
+            size: state.size,
+            ready: state.ready,
+            desc_table: GuestAddress(state.desc_table),
+            avail_ring: GuestAddress(state.avail_ring),
+            used_ring: GuestAddress(state.used_ring),
+            next_avail: Wrapping(state.next_avail),
+            next_used: Wrapping(state.next_used),
+        };
+        if queue.ready {
+            queue.validate(args.mem)?;
+        }
+        Ok(queue)
+    }
+}
+
 /// One split virtqueue, device side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queue {
@@ -313,42 +362,6 @@ impl Queue {
             used_ring: GuestAddress(0),
             next_avail: Wrapping(0),
             next_used: Wrapping(0),
-        }
-    }
-
-    /// Rebuilds a queue from saved state; the state is checked like
-    /// driver-written values (see [`Self::validate`]) when ready.
-    pub fn restore(
-        max_size: u16,
-        state: &QueueState,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Self, QueueError> {
-        let queue = Self {
-            max_size,
-            size: state.size,
-            ready: state.ready,
-            desc_table: GuestAddress(state.desc_table),
-            avail_ring: GuestAddress(state.avail_ring),
-            used_ring: GuestAddress(state.used_ring),
-            next_avail: Wrapping(state.next_avail),
-            next_used: Wrapping(state.next_used),
-        };
-        if queue.ready {
-            queue.validate(mem)?;
-        }
-        Ok(queue)
-    }
-
-    /// The state to save.
-    pub fn save(&self) -> QueueState {
-        QueueState {
-            size: self.size,
-            ready: self.ready,
-            desc_table: self.desc_table.0,
-            avail_ring: self.avail_ring.0,
-            used_ring: self.used_ring.0,
-            next_avail: self.next_avail.0,
-            next_used: self.next_used.0,
         }
     }
 
