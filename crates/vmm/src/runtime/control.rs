@@ -16,7 +16,7 @@ use super::build::{build, Built, Platform};
 use super::error::RuntimeError;
 use super::process::{jail_failed, lock_jail, PendingFilters, VmIo, VmJail};
 use super::snapshot::{open_snapshot_target, snapshot_vm, SnapshotContext, VcpuControl};
-use crate::net::NetStack;
+use crate::net::{run_net_thread, NetInput, NetStack};
 use crate::netwire::{spawn_broker_reader, ChannelBroker, NetInbox, TransportPort};
 use crate::persist::Persist;
 use crate::vstate::persist::{PersistError, VcpuState};
@@ -69,6 +69,7 @@ pub(super) fn run_vm(
     let PendingFilters {
         vmm: vmm_filter,
         vcpu: vcpu_filter,
+        net: net_filter,
         jail_us,
     } = lock_jail(jail)?;
 
@@ -107,11 +108,6 @@ pub(super) fn run_vm(
             })
             .map_err(RuntimeError::Thread)?
     };
-    // The device threads started below inherit this filter.
-    vmm_filter.as_ref().map(ThreadFilter::apply).transpose()?;
-    virtio
-        .spawn_input_pump(guest)
-        .map_err(RuntimeError::Thread)?;
     let stack = NetStack::new(
         Box::new(TransportPort::new(virtio.net())),
         Box::new(ChannelBroker::new(
@@ -119,7 +115,13 @@ pub(super) fn run_vm(
         )),
         Instant::now(),
     );
-    crate::net::spawn(stack, net_rx, thread_wake).map_err(RuntimeError::Thread)?;
+    spawn_net_thread(stack, net_rx, thread_wake, net_filter, done_tx.clone())?;
+    // The device threads started below inherit this filter; the vCPU and
+    // network threads above have their own and must not stack this one.
+    vmm_filter.as_ref().map(ThreadFilter::apply).transpose()?;
+    virtio
+        .spawn_input_pump(guest)
+        .map_err(RuntimeError::Thread)?;
     spawn_broker_reader(net, inbox).map_err(RuntimeError::Thread)?;
     spawn_control_reader(ctl.try_clone().map_err(RuntimeError::Thread)?, done_tx)?;
 
@@ -165,6 +167,31 @@ pub(super) fn run_vm(
         },
     };
     Ok(VmmEvent::Exited { exit })
+}
+
+/// Starts the network thread. It parses frames the guest wrote, so it
+/// applies its own filter (no files, no snapshots, no KVM) before the
+/// first one; started before the main thread's filter, it inherits none.
+fn spawn_net_thread(
+    stack: NetStack,
+    inbox: mpsc::Receiver<NetInput>,
+    wake: EventFd,
+    filter: Option<ThreadFilter>,
+    done: mpsc::Sender<Finished>,
+) -> Result<(), RuntimeError> {
+    std::thread::Builder::new()
+        .name("net".into())
+        .spawn(move || {
+            if let Some(Err(e)) = filter.as_ref().map(ThreadFilter::apply) {
+                let _ = done.send(Finished::Exit(jail_failed(&e)));
+                return;
+            }
+            // A failed poll ends the thread; the guest's connections then
+            // time out, and the VM's end is decided elsewhere.
+            let _ = run_net_thread(stack, inbox, wake);
+        })
+        .map_err(RuntimeError::Thread)?;
+    Ok(())
 }
 
 fn spawn_control_reader(

@@ -116,6 +116,7 @@ fn enter_jail(config: &VmConfig) -> Result<JailEntry, RuntimeError> {
 pub(super) struct PendingFilters {
     pub vmm: Option<ThreadFilter>,
     pub vcpu: Option<ThreadFilter>,
+    pub net: Option<ThreadFilter>,
     pub jail_us: u64,
 }
 
@@ -129,6 +130,7 @@ pub(super) fn lock_jail(jail: Option<VmJail>) -> Result<PendingFilters, RuntimeE
     Ok(PendingFilters {
         vmm: Some(filters.vmm),
         vcpu: Some(filters.vcpu),
+        net: Some(filters.net),
         jail_us: (enter_time + started.elapsed()).as_micros() as u64,
     })
 }
@@ -161,15 +163,20 @@ pub fn run_jail_selftest(
                 let filter = match kind {
                     jail::ThreadKind::Vmm => filters.vmm,
                     jail::ThreadKind::Vcpu => filters.vcpu,
+                    jail::ThreadKind::Net => filters.net,
                 };
                 filter.as_ref().map(ThreadFilter::apply).transpose()?;
                 Ok::<_, JailError>(probe.attempt())
             };
             let outcome = match kind {
                 jail::ThreadKind::Vmm => attempt()?,
-                jail::ThreadKind::Vcpu => std::thread::spawn(attempt).join().map_err(|_| {
-                    RuntimeError::Thread(std::io::Error::other("probe thread panicked"))
-                })??,
+                // Like the real ones, these threads start before the main
+                // thread has a filter and apply only their own.
+                jail::ThreadKind::Vcpu | jail::ThreadKind::Net => {
+                    std::thread::spawn(attempt).join().map_err(|_| {
+                        RuntimeError::Thread(std::io::Error::other("probe thread panicked"))
+                    })??
+                }
             };
             let message = match outcome {
                 Ok(what) => format!("selftest {}: got through: {what}", probe.name()),
