@@ -44,10 +44,8 @@ fn as_filtered_child(attempt: impl FnOnce()) -> bool {
     install_reporter(note_fd).expect("reporter");
     // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and only affects
     // this process (a child made for this test).
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-        0
-    );
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "no_new_privs");
     filter.apply().expect("apply");
     attempt();
     true

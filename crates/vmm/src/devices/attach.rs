@@ -24,7 +24,7 @@ use sbxrun_proto::layout::{virtio_irq, virtio_mmio_base, MAX_VIRTIO_DEVICES, MMI
 
 /// Errors attaching devices.
 #[derive(Debug, thiserror::Error)]
-pub enum AttachError {
+pub(crate) enum AttachError {
     #[error("cannot open disk {path}")]
     OpenDisk {
         path: String,
@@ -61,17 +61,17 @@ pub(crate) struct VirtioSetState {
     pub devices: Vec<MmioTransportState>,
 }
 
-pub use sbxrun_proto::layout::FIXED_VIRTIO_DEVICES;
+pub(crate) use sbxrun_proto::layout::FIXED_VIRTIO_DEVICES;
 
 /// The VM's virtio devices.
-pub struct VirtioSet {
+pub(crate) struct VirtioSet {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     net: Arc<Mutex<MmioTransport>>,
     console: Arc<Mutex<MmioTransport>>,
 }
 
 /// What the guest-facing devices are connected to on the host side.
-pub struct DeviceBackends {
+pub(crate) struct DeviceBackends {
     /// Receives what the guest writes to the control console.
     pub guest_out: Box<dyn Write + Send>,
     /// Receives the frames the guest sends on its network interface.
@@ -132,7 +132,7 @@ impl Persist for VirtioSet {
 
 impl VirtioSet {
     /// Creates and attaches fresh devices.
-    pub fn new(args: VirtioSetArgs<'_>) -> Result<Self, AttachError> {
+    pub(crate) fn new(args: VirtioSetArgs<'_>) -> Result<Self, AttachError> {
         Self::build(args, None)
     }
 
@@ -203,19 +203,19 @@ impl VirtioSet {
     }
 
     /// The network device's transport, for pushing frames to the guest.
-    pub fn net(&self) -> Arc<Mutex<MmioTransport>> {
+    pub(crate) fn net(&self) -> Arc<Mutex<MmioTransport>> {
         self.net.clone()
     }
 
     /// How many virtio-mmio windows the guest must be told about.
-    pub fn device_count(&self) -> usize {
+    pub(crate) fn device_count(&self) -> usize {
         self.transports.len()
     }
 
     /// Starts the thread feeding runner bytes into the control console. It
     /// reads only as much as the console can take, so a guest that stops
     /// reading pushes back on the runner instead of growing our memory.
-    pub fn spawn_input_pump(&self, mut guest: UnixStream) -> std::io::Result<()> {
+    pub(crate) fn spawn_input_pump(&self, mut guest: UnixStream) -> std::io::Result<()> {
         let console = self.console.clone();
         std::thread::Builder::new()
             .name("console-in".into())

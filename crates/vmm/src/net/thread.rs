@@ -14,7 +14,7 @@ use super::{NetInput, NetStack};
 
 /// Why the network thread stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum NetThreadError {
+pub(crate) enum NetThreadError {
     /// poll(2) failed with something other than EINTR.
     #[error("wait for network events")]
     Poll(#[source] Errno),
@@ -31,7 +31,7 @@ pub enum NetThreadError {
 /// syscall), `futex` (the channel, the transport's lock), and
 /// `mmap`/`mprotect`/`munmap`/`mremap`/`brk`/`madvise` from the allocator.
 /// Writing the inbox eventfd is the senders' business.
-pub fn run_net_thread(
+pub(crate) fn run_net_thread(
     mut stack: NetStack,
     inbox: Receiver<NetInput>,
     wake: EventFd,

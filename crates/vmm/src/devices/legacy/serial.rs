@@ -48,13 +48,13 @@ impl ConsoleTranscript {
     }
 
     /// The first kernel panic line seen, if any.
-    pub fn panic_line(&self) -> Option<&str> {
+    pub(crate) fn panic_line(&self) -> Option<&str> {
         self.panic_line.as_deref()
     }
 
     /// The last lines of console output.
     #[cfg(test)]
-    pub fn tail(&self) -> Vec<String> {
+    pub(crate) fn tail(&self) -> Vec<String> {
         self.tail.iter().cloned().collect()
     }
 }
@@ -125,7 +125,7 @@ impl SerialArgs {
 
 impl SerialConsole {
     /// A UART in power-on state.
-    pub fn new(args: SerialArgs) -> Self {
+    pub(crate) fn new(args: SerialArgs) -> Self {
         let (irq, sink) = args.into_parts();
         SerialConsole {
             uart: Serial::new(irq, sink),
@@ -133,12 +133,12 @@ impl SerialConsole {
     }
 
     /// Port read at `offset` from COM1's base.
-    pub fn read(&mut self, offset: u8) -> u8 {
+    pub(crate) fn read(&mut self, offset: u8) -> u8 {
         self.uart.read(offset)
     }
 
     /// Port write at `offset` from COM1's base.
-    pub fn write(&mut self, offset: u8, value: u8) {
+    pub(crate) fn write(&mut self, offset: u8, value: u8) {
         // The only failure is the IRQ eventfd write, which cannot fail for a
         // valid eventfd short of counter overflow; losing one interrupt of
         // console output is harmless.
