@@ -22,18 +22,18 @@ use sbxrun_proto::netchan::{self, NetReply, NetRequest};
 /// The sending side of the network thread's inbox: every send is followed
 /// by a write to the eventfd the thread polls.
 #[derive(Clone)]
-pub struct NetInbox {
+pub(crate) struct NetInbox {
     tx: Sender<NetInput>,
     wake: Arc<EventFd>,
 }
 
 impl NetInbox {
-    pub fn new(tx: Sender<NetInput>, wake: Arc<EventFd>) -> Self {
+    pub(crate) fn new(tx: Sender<NetInput>, wake: Arc<EventFd>) -> Self {
         NetInbox { tx, wake }
     }
 
     /// Queues `input`; false once the network thread is gone.
-    pub fn send(&self, input: NetInput) -> bool {
+    pub(crate) fn send(&self, input: NetInput) -> bool {
         if self.tx.send(input).is_err() {
             return false;
         }
@@ -43,12 +43,12 @@ impl NetInbox {
 }
 
 /// The virtio-net device's backend: guest frames go to the network thread.
-pub struct DeviceBackend {
+pub(crate) struct DeviceBackend {
     inbox: NetInbox,
 }
 
 impl DeviceBackend {
-    pub fn new(inbox: NetInbox) -> Self {
+    pub(crate) fn new(inbox: NetInbox) -> Self {
         DeviceBackend { inbox }
     }
 }
@@ -64,12 +64,12 @@ impl NetBackend for DeviceBackend {
 }
 
 /// Frames for the guest, through the virtio-net transport.
-pub struct TransportPort {
+pub(crate) struct TransportPort {
     transport: Arc<Mutex<MmioTransport>>,
 }
 
 impl TransportPort {
-    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Self {
+    pub(crate) fn new(transport: Arc<Mutex<MmioTransport>>) -> Self {
         TransportPort { transport }
     }
 }
@@ -88,12 +88,12 @@ impl GuestPort for TransportPort {
 }
 
 /// Requests to the runner over the broker channel.
-pub struct ChannelBroker {
+pub(crate) struct ChannelBroker {
     sock: UnixDatagram,
 }
 
 impl ChannelBroker {
-    pub fn new(sock: UnixDatagram) -> Self {
+    pub(crate) fn new(sock: UnixDatagram) -> Self {
         ChannelBroker { sock }
     }
 
@@ -130,7 +130,7 @@ impl BrokerClient for ChannelBroker {
 
 /// Turns one broker reply (and the socket attached to it) into the network
 /// thread's input. A `Connected` without its socket is a failure.
-pub fn reply_to_input(reply: NetReply, fd: Option<File>) -> NetInput {
+pub(crate) fn reply_to_input(reply: NetReply, fd: Option<File>) -> NetInput {
     match reply {
         NetReply::Policy { policy } => NetInput::SetPolicy {
             policy,
@@ -161,7 +161,7 @@ pub fn reply_to_input(reply: NetReply, fd: Option<File>) -> NetInput {
 
 /// Starts the thread that reads the runner's broker replies into the
 /// network thread's inbox. It ends when the runner closes the channel.
-pub fn spawn_broker_reader(sock: UnixDatagram, inbox: NetInbox) -> std::io::Result<()> {
+pub(crate) fn spawn_broker_reader(sock: UnixDatagram, inbox: NetInbox) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("net-broker".into())
         .spawn(move || loop {

@@ -24,6 +24,10 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread: KVM_RUN and the device emulation of its exits.
     Vcpu,
+    /// The network thread: parses the guest's (hostile) frames and moves
+    /// bytes between them and the upstream sockets the broker opened. It
+    /// never touches KVM, files or snapshots, and starts no threads.
+    Net,
 }
 
 impl ThreadKind {
@@ -32,6 +36,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Net => "net",
         }
     }
 
@@ -39,6 +44,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => 1,
             ThreadKind::Vcpu => 2,
+            ThreadKind::Net => 3,
         }
     }
 
@@ -48,15 +54,17 @@ impl ThreadKind {
             // without marking themselves.
             0 | 1 => Some(ThreadKind::Vmm),
             2 => Some(ThreadKind::Vcpu),
+            3 => Some(ThreadKind::Net),
             _ => None,
         }
     }
 }
 
-/// The compiled filters of both thread kinds.
+/// The compiled filters of every thread kind.
 pub struct Filters {
     pub vmm: ThreadFilter,
     pub vcpu: ThreadFilter,
+    pub net: ThreadFilter,
 }
 
 /// The BPF programs one thread kind installs, in order.
@@ -143,10 +151,15 @@ pub fn compile_kind(kind: ThreadKind) -> Result<ThreadFilter, JailError> {
     Ok(ThreadFilter { kind, programs })
 }
 
-/// Compiles both filters (before the jail closes, so a bad rule fails setup).
+/// Compiles every filter (before the jail closes, so a bad rule fails setup).
 pub fn compile() -> Result<Filters, JailError> {
     Ok(Filters {
         vmm: compile_kind(ThreadKind::Vmm)?,
         vcpu: compile_kind(ThreadKind::Vcpu)?,
+        net: compile_kind(ThreadKind::Net)?,
     })
 }
+
+#[cfg(test)]
+#[path = "net_tests.rs"]
+mod net_tests;

@@ -1,7 +1,7 @@
 //! Direct boot of an ELF `vmlinux` through its PVH entry point: kernel,
 //! initramfs, command line, memory map and the boot GDT in guest memory.
 
-pub use sbxrun_proto::cmdline;
+pub(crate) use sbxrun_proto::cmdline;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -22,7 +22,7 @@ use sbxrun_proto::layout::*;
 
 /// Errors loading the guest.
 #[derive(Debug, thiserror::Error)]
-pub enum BootError {
+pub(crate) enum BootError {
     #[error("cannot open {path}")]
     Open {
         path: String,
@@ -57,7 +57,7 @@ pub enum BootError {
 
 /// Loads kernel and initramfs and writes the PVH boot structures.
 /// Returns the PVH entry address.
-pub fn load_pvh(
+pub(crate) fn load_pvh(
     mem: &GuestMemoryMmap,
     kernel: &Path,
     initramfs: &Path,

@@ -12,17 +12,19 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::bus::MmioBus;
+use super::virtio::mmio::MmioTransportArgs;
 use super::virtio::{
     Block, BlockError, Console, MmioError, MmioTransport, MmioTransportState, Net, NetBackend,
     VirtioDevice,
 };
+use crate::persist::Persist;
 use crate::vstate::vm::{Vm, VmError};
 use sbxrun_proto::control::DiskConfig;
 use sbxrun_proto::layout::{virtio_irq, virtio_mmio_base, MAX_VIRTIO_DEVICES, MMIO_WINDOW};
 
 /// Errors attaching devices.
 #[derive(Debug, thiserror::Error)]
-pub enum AttachError {
+pub(crate) enum AttachError {
     #[error("cannot open disk {path}")]
     OpenDisk {
         path: String,
@@ -55,21 +57,21 @@ pub enum AttachError {
 
 /// Saved state of every virtio device, in layout order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VirtioSetState {
+pub(crate) struct VirtioSetState {
     pub devices: Vec<MmioTransportState>,
 }
 
-pub use sbxrun_proto::layout::FIXED_VIRTIO_DEVICES;
+pub(crate) use sbxrun_proto::layout::FIXED_VIRTIO_DEVICES;
 
 /// The VM's virtio devices.
-pub struct VirtioSet {
+pub(crate) struct VirtioSet {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     net: Arc<Mutex<MmioTransport>>,
     console: Arc<Mutex<MmioTransport>>,
 }
 
 /// What the guest-facing devices are connected to on the host side.
-pub struct DeviceBackends {
+pub(crate) struct DeviceBackends {
     /// Receives what the guest writes to the control console.
     pub guest_out: Box<dyn Write + Send>,
     /// Receives the frames the guest sends on its network interface.
@@ -90,38 +92,58 @@ fn open_disk(disk: &DiskConfig) -> Result<Block, AttachError> {
         .map_err(|source| AttachError::Disk { path, source })
 }
 
+/// What the devices are built around, at cold boot and at restore.
+pub(crate) struct VirtioSetArgs<'a> {
+    /// The VM whose irqchip the devices interrupt.
+    pub vm: &'a Vm,
+    /// Guest memory.
+    pub memory: &'a GuestMemoryMmap,
+    /// The disks, in layout order.
+    pub disks: &'a [DiskConfig],
+    /// The host side of the control console and the network device.
+    pub backends: DeviceBackends,
+    /// The bus the devices' windows go on.
+    pub bus: &'a mut MmioBus,
+}
+
+impl Persist for VirtioSet {
+    type State = VirtioSetState;
+    type RestoreArgs<'a> = VirtioSetArgs<'a>;
+    type Error = AttachError;
+
+    /// Saves every device; the vCPUs must be paused.
+    fn save(&self) -> Result<VirtioSetState, AttachError> {
+        let mut devices = Vec::with_capacity(self.transports.len());
+        for (index, t) in self.transports.iter().enumerate() {
+            let t = t.lock().map_err(|_| AttachError::Poisoned)?;
+            devices.push(
+                t.save()
+                    .map_err(|source| AttachError::State { index, source })?,
+            );
+        }
+        Ok(VirtioSetState { devices })
+    }
+
+    /// Recreates the devices around the same backends as a cold boot.
+    fn restore(args: VirtioSetArgs<'_>, state: &VirtioSetState) -> Result<Self, AttachError> {
+        Self::build(args, Some(state))
+    }
+}
+
 impl VirtioSet {
     /// Creates and attaches fresh devices.
-    pub fn new(
-        vm: &Vm,
-        memory: &GuestMemoryMmap,
-        disks: &[DiskConfig],
-        backends: DeviceBackends,
-        bus: &mut MmioBus,
-    ) -> Result<Self, AttachError> {
-        Self::build(vm, memory, disks, backends, bus, None)
+    pub(crate) fn new(args: VirtioSetArgs<'_>) -> Result<Self, AttachError> {
+        Self::build(args, None)
     }
 
-    /// Recreates the devices from a snapshot, around the same backends.
-    pub fn restore(
-        vm: &Vm,
-        memory: &GuestMemoryMmap,
-        disks: &[DiskConfig],
-        backends: DeviceBackends,
-        bus: &mut MmioBus,
-        state: &VirtioSetState,
-    ) -> Result<Self, AttachError> {
-        Self::build(vm, memory, disks, backends, bus, Some(state))
-    }
-
-    fn build(
-        vm: &Vm,
-        memory: &GuestMemoryMmap,
-        disks: &[DiskConfig],
-        backends: DeviceBackends,
-        bus: &mut MmioBus,
-        state: Option<&VirtioSetState>,
-    ) -> Result<Self, AttachError> {
+    fn build(args: VirtioSetArgs<'_>, state: Option<&VirtioSetState>) -> Result<Self, AttachError> {
+        let VirtioSetArgs {
+            vm,
+            memory,
+            disks,
+            backends,
+            bus,
+        } = args;
         // The disks, the network device and the console each take a window.
         if disks.len() + FIXED_VIRTIO_DEVICES > MAX_VIRTIO_DEVICES {
             return Err(AttachError::TooManyDisks(disks.len()));
@@ -151,7 +173,12 @@ impl VirtioSet {
             let transport = match state {
                 None => MmioTransport::new(memory.clone(), irq, device),
                 Some(state) => {
-                    MmioTransport::restore(memory.clone(), irq, device, &state.devices[index])
+                    let args = MmioTransportArgs {
+                        mem: memory.clone(),
+                        interrupt: irq,
+                        device,
+                    };
+                    MmioTransport::restore(args, &state.devices[index])
                         .map_err(|source| AttachError::State { index, source })?
                 }
             };
@@ -176,32 +203,19 @@ impl VirtioSet {
     }
 
     /// The network device's transport, for pushing frames to the guest.
-    pub fn net(&self) -> Arc<Mutex<MmioTransport>> {
+    pub(crate) fn net(&self) -> Arc<Mutex<MmioTransport>> {
         self.net.clone()
     }
 
     /// How many virtio-mmio windows the guest must be told about.
-    pub fn device_count(&self) -> usize {
+    pub(crate) fn device_count(&self) -> usize {
         self.transports.len()
-    }
-
-    /// Saves every device; the vCPUs must be paused.
-    pub fn save(&self) -> Result<VirtioSetState, AttachError> {
-        let mut devices = Vec::with_capacity(self.transports.len());
-        for (index, t) in self.transports.iter().enumerate() {
-            let t = t.lock().map_err(|_| AttachError::Poisoned)?;
-            devices.push(
-                t.save()
-                    .map_err(|source| AttachError::State { index, source })?,
-            );
-        }
-        Ok(VirtioSetState { devices })
     }
 
     /// Starts the thread feeding runner bytes into the control console. It
     /// reads only as much as the console can take, so a guest that stops
     /// reading pushes back on the runner instead of growing our memory.
-    pub fn spawn_input_pump(&self, mut guest: UnixStream) -> std::io::Result<()> {
+    pub(crate) fn spawn_input_pump(&self, mut guest: UnixStream) -> std::io::Result<()> {
         let console = self.console.clone();
         std::thread::Builder::new()
             .name("console-in".into())

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use super::BusDevice;
 
 /// A device shared between the vCPU thread and the VMM's event thread.
-pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+pub(crate) type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 struct Window {
     base: u64,
@@ -15,21 +15,21 @@ struct Window {
 
 /// Non-overlapping MMIO windows.
 #[derive(Default)]
-pub struct MmioBus {
+pub(crate) struct MmioBus {
     windows: Vec<Window>,
 }
 
 /// A window that would overlap an existing one.
 #[derive(Debug, thiserror::Error)]
 #[error("MMIO window {base:#x}+{len:#x} overlaps another device")]
-pub struct OverlapError {
+pub(crate) struct OverlapError {
     pub base: u64,
     pub len: u64,
 }
 
 impl MmioBus {
     /// Adds `device` at `[base, base + len)`.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         base: u64,
         len: u64,
@@ -57,7 +57,7 @@ impl MmioBus {
 
     /// Reads from the device at `addr`; unclaimed addresses read as all ones,
     /// like an empty bus.
-    pub fn read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
             Some((w, offset)) => lock(&w.device).read(offset, data),
             None => data.fill(0xff),
@@ -66,7 +66,7 @@ impl MmioBus {
     }
 
     /// Writes to the device at `addr`; unclaimed addresses ignore the write.
-    pub fn write(&self, addr: u64, data: &[u8]) {
+    pub(crate) fn write(&self, addr: u64, data: &[u8]) {
         tracing::trace!("mmio write {addr:#x} <- {data:02x?}");
         if let Some((w, offset)) = self.find(addr, data.len()) {
             lock(&w.device).write(offset, data);

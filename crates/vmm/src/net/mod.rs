@@ -31,7 +31,7 @@ use std::time::Instant;
 use sbxrun_egress::{EgressEvent, EgressPolicy};
 
 pub use stack::NetStack;
-pub use thread::{run_net_thread, spawn, NetThreadError};
+pub(crate) use thread::run_net_thread;
 
 pub use sbxrun_proto::guest_net::{GATEWAY_IP, GUEST_IP, PREFIX_LEN};
 /// The guest's MAC address (the virtio-net device reports it in its config).

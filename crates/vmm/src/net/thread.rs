@@ -2,10 +2,8 @@
 //! every upstream socket the proxy can make progress on, with smoltcp's
 //! next timer as the timeout, and drives [`NetStack`] in between.
 
-use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -16,33 +14,24 @@ use super::{NetInput, NetStack};
 
 /// Why the network thread stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum NetThreadError {
+pub(crate) enum NetThreadError {
     /// poll(2) failed with something other than EINTR.
     #[error("wait for network events")]
     Poll(#[source] Errno),
 }
 
-/// Starts [`run_net_thread`] on a thread named `net`.
-pub fn spawn(
-    stack: NetStack,
-    inbox: Receiver<NetInput>,
-    wake: EventFd,
-) -> io::Result<JoinHandle<Result<(), NetThreadError>>> {
-    std::thread::Builder::new()
-        .name("net".to_owned())
-        .spawn(move || run_net_thread(stack, inbox, wake))
-}
-
 /// Runs the stack until [`NetInput::Shutdown`] arrives or every sender of
 /// `inbox` is gone. Whoever sends on `inbox` writes `wake` afterwards.
 ///
-/// Syscalls in the loop, for the thread's seccomp filter: `poll` (glibc
-/// may use `ppoll`), `read` on the eventfd, `recvfrom`/`sendto` (std's
-/// read and write on a `TcpStream`), `shutdown` and `close` on upstream
-/// sockets, `clock_gettime` (vDSO, normally no syscall), `futex` (the
-/// channel), and `mmap`/`munmap`/`mremap`/`brk`/`madvise` from the
-/// allocator. Writing the eventfd is the senders' business.
-pub fn run_net_thread(
+/// Syscalls in the loop, for the thread's seccomp filter (`ThreadKind::Net`
+/// in `sbxrun_jail`): `poll` (glibc may use `ppoll`), `read` on the
+/// eventfd, `recvfrom`/`sendto` (std's read and write on a `TcpStream`),
+/// `shutdown` and `close` on upstream sockets, `sendmsg` to the broker,
+/// `write` on the virtio-net irqfd, `clock_gettime` (vDSO, normally no
+/// syscall), `futex` (the channel, the transport's lock), and
+/// `mmap`/`mprotect`/`munmap`/`mremap`/`brk`/`madvise` from the allocator.
+/// Writing the inbox eventfd is the senders' business.
+pub(crate) fn run_net_thread(
     mut stack: NetStack,
     inbox: Receiver<NetInput>,
     wake: EventFd,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::test_guest::{dns_query, guest_udp_frame};
-use super::{spawn, BrokerClient, GuestPort, NetInput, NetStack, GATEWAY_IP};
+use super::{run_net_thread, BrokerClient, GuestPort, NetInput, NetStack, GATEWAY_IP};
 use sbxrun_egress::dns::TYPE_A;
 use sbxrun_egress::EgressEvent;
 
@@ -44,7 +44,7 @@ fn thread_answers_when_woken_and_stops_on_shutdown() {
     let (inbox_tx, inbox) = channel();
     let wake = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let waker = wake.try_clone().expect("clone eventfd");
-    let thread = spawn(stack, inbox, wake).expect("spawn");
+    let thread = std::thread::spawn(move || run_net_thread(stack, inbox, wake));
 
     let query = guest_udp_frame(GATEWAY_IP, 53, &dns_query(9, "svc.test", TYPE_A));
     inbox_tx.send(NetInput::GuestFrame(query)).expect("send");

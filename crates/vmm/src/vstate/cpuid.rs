@@ -25,7 +25,7 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 1 << 24;
 
 /// Adjusts KVM's supported CPUID for vCPU `cpu_index` of a `vcpu_count` VM.
-pub fn adjust(cpuid: &mut CpuId, cpu_index: u8, vcpu_count: u8, flavour: KvmFlavour) {
+pub(crate) fn adjust(cpuid: &mut CpuId, cpu_index: u8, vcpu_count: u8, flavour: KvmFlavour) {
     for entry in cpuid.as_mut_slice() {
         adjust_entry(entry, cpu_index, vcpu_count, flavour);
     }

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMma
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub(crate) enum MemoryError {
     #[error("guest memory of {0} MiB is not supported (must be 16..=65536)")]
     BadSize(u32),
     #[error("could not map guest memory")]
@@ -28,7 +28,11 @@ const PAGE: usize = 4096;
 /// Writes guest RAM to `file` as a sparse image: all-zero pages are holes,
 /// so a mostly idle 256 MiB guest costs a few tens of MiB on disk.
 /// Returns the number of bytes actually written.
-pub fn dump_sparse(mem: &GuestMemoryMmap, size: u64, file: &File) -> Result<u64, MemoryError> {
+pub(crate) fn dump_sparse(
+    mem: &GuestMemoryMmap,
+    size: u64,
+    file: &File,
+) -> Result<u64, MemoryError> {
     file.set_len(size).map_err(MemoryError::Write)?;
     let mut page = [0u8; PAGE];
     let mut written = 0u64;
@@ -49,7 +53,7 @@ pub fn dump_sparse(mem: &GuestMemoryMmap, size: u64, file: &File) -> Result<u64,
 /// Maps a memory file copy-on-write as guest RAM: pages are read lazily
 /// from the page cache and shared between every VM restored from the same
 /// file until a guest writes them, so restore cost does not grow with RAM.
-pub fn map_snapshot(file: File, mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
+pub(crate) fn map_snapshot(file: File, mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
     let size = (mib as u64) << 20;
     let actual = file.metadata().map_err(MemoryError::Write)?.len();
     if actual != size {
@@ -70,7 +74,7 @@ pub fn map_snapshot(file: File, mib: u32) -> Result<GuestMemoryMmap, MemoryError
 }
 
 /// Anonymous guest RAM of `mib` MiB starting at guest-physical 0.
-pub fn create_guest_memory(mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
+pub(crate) fn create_guest_memory(mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
     // Above 3 GiB the RAM would overlap the virtio-mmio windows at 0xd0000000;
     // supporting that needs a hole in the map, which no step has asked for yet.
     if !(16..=3072).contains(&mib) {

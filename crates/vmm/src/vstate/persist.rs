@@ -1,17 +1,29 @@
-//! Saving and restoring KVM state: every vCPU register file the guest can
-//! observe, and the VM-wide interrupt controllers, PIT and clock.
+//! [`Persist`] for the KVM pieces: the vCPU (every register file the guest
+//! can observe) and the VM (the interrupt controllers, PIT and clock).
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
     kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryMmap;
+
+use super::vcpu::{Vcpu, VcpuError};
+use super::vm::{Vm, VmError};
+use crate::persist::Persist;
+use sbxrun_proto::control::KvmFlavour;
 
 /// Errors saving or restoring KVM state.
 #[derive(Debug, thiserror::Error)]
-pub enum PersistError {
+pub(crate) enum PersistError {
+    /// Creating the VM to restore into failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Creating the vCPU to restore into failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
     #[error("cannot read the {1}")]
     Get(#[source] kvm_ioctls::Error, &'static str),
     #[error("cannot restore the {1}")]
@@ -26,7 +38,7 @@ pub enum PersistError {
 
 /// A vCPU's complete architectural state.
 #[derive(Serialize, Deserialize)]
-pub struct VcpuState {
+pub(crate) struct VcpuState {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
     pub xsave: kvm_xsave,
@@ -51,7 +63,7 @@ const TSC_KHZ_TOLERANCE_PPM: u64 = 250;
 
 /// Whether a guest whose TSC ran at `saved` kHz needs KVM_SET_TSC_KHZ on a
 /// vCPU that starts at `current` kHz.
-pub fn tsc_needs_scaling(saved: u32, current: u32) -> bool {
+fn tsc_needs_scaling(saved: u32, current: u32) -> bool {
     let diff = u64::from(saved.abs_diff(current));
     diff * 1_000_000 > u64::from(saved) * TSC_KHZ_TOLERANCE_PPM
 }
@@ -85,26 +97,54 @@ fn read_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<(u32, u64)>, PersistError> 
     Ok(out)
 }
 
-/// Saves a paused vCPU. Its last exit must have been completed (see
-/// `Vcpu::finish_pending_exit`) so no half-done I/O is lost.
-pub fn save_vcpu(kvm: &Kvm, vcpu: &VcpuFd) -> Result<VcpuState, PersistError> {
-    let get = |what| move |e| PersistError::Get(e, what);
-    Ok(VcpuState {
-        regs: vcpu.get_regs().map_err(get("registers"))?,
-        sregs: vcpu.get_sregs().map_err(get("segment registers"))?,
-        xsave: vcpu.get_xsave().map_err(get("XSAVE area"))?,
-        xcrs: vcpu.get_xcrs().map_err(get("XCRs"))?,
-        debugregs: vcpu.get_debug_regs().map_err(get("debug registers"))?,
-        lapic: vcpu.get_lapic().map_err(get("LAPIC"))?,
-        mp_state: vcpu.get_mp_state().map_err(get("MP state"))?,
-        events: vcpu.get_vcpu_events().map_err(get("pending events"))?,
-        msrs: read_msrs(kvm, vcpu)?,
-        tsc_khz: vcpu.get_tsc_khz().ok(),
-    })
+/// What a restored vCPU is created with besides its state: the same
+/// CPUID inputs as at cold boot, since KVM_SET_XSAVE and the MSRs assume
+/// the CPUID the state was saved under.
+pub(crate) struct VcpuArgs<'a> {
+    /// The VM the vCPU belongs to.
+    pub vm: &'a Vm,
+    /// The vCPU's index.
+    pub index: u8,
+    /// How many vCPUs the VM has.
+    pub count: u8,
+    /// Which kind of KVM the CPUID is adjusted for.
+    pub flavour: KvmFlavour,
 }
 
-/// Restores a vCPU created with the same CPUID as the saved one.
-pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError> {
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type RestoreArgs<'a> = VcpuArgs<'a>;
+    type Error = PersistError;
+
+    /// Saves a paused vCPU. Its last exit must have been completed (see
+    /// `Vcpu::finish_pending_exit`) so no half-done I/O is lost.
+    fn save(&self) -> Result<VcpuState, PersistError> {
+        let vcpu = self.fd();
+        let get = |what| move |e| PersistError::Get(e, what);
+        Ok(VcpuState {
+            regs: vcpu.get_regs().map_err(get("registers"))?,
+            sregs: vcpu.get_sregs().map_err(get("segment registers"))?,
+            xsave: vcpu.get_xsave().map_err(get("XSAVE area"))?,
+            xcrs: vcpu.get_xcrs().map_err(get("XCRs"))?,
+            debugregs: vcpu.get_debug_regs().map_err(get("debug registers"))?,
+            lapic: vcpu.get_lapic().map_err(get("LAPIC"))?,
+            mp_state: vcpu.get_mp_state().map_err(get("MP state"))?,
+            events: vcpu.get_vcpu_events().map_err(get("pending events"))?,
+            msrs: read_msrs(self.kvm(), vcpu)?,
+            tsc_khz: vcpu.get_tsc_khz().ok(),
+        })
+    }
+
+    /// Creates the vCPU with the same CPUID as the saved one and loads it.
+    fn restore(args: VcpuArgs<'_>, state: &VcpuState) -> Result<Self, PersistError> {
+        let vcpu = Vcpu::new(args.vm, args.index, args.count, args.flavour)?;
+        load_vcpu(vcpu.fd(), state)?;
+        Ok(vcpu)
+    }
+}
+
+/// Loads `state` into a vCPU created with the same CPUID as the saved one.
+fn load_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError> {
     let set = |what| move |e| PersistError::Set(e, what);
     vcpu.set_sregs(&state.sregs)
         .map_err(set("segment registers"))?;
@@ -156,7 +196,7 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), PersistError
 
 /// VM-wide interrupt and timer state.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct VmState {
+pub(crate) struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
@@ -164,42 +204,55 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
-/// Saves the irqchips, PIT and kvmclock of a VM whose vCPUs are paused.
-pub fn save_vm(vm: &VmFd) -> Result<VmState, PersistError> {
-    let chip = |id| -> Result<kvm_irqchip, PersistError> {
-        let mut c = kvm_irqchip {
-            chip_id: id,
+impl Persist for Vm {
+    type State = VmState;
+    /// The guest memory the VM is built on (mapped from the snapshot's
+    /// memory file).
+    type RestoreArgs<'a> = &'a GuestMemoryMmap;
+    type Error = PersistError;
+
+    /// Saves the irqchips, PIT and kvmclock of a VM whose vCPUs are paused.
+    fn save(&self) -> Result<VmState, PersistError> {
+        let vm = self.fd();
+        let chip = |id| -> Result<kvm_irqchip, PersistError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut c)
+                .map_err(|e| PersistError::Get(e, "irqchip"))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm.get_pit2().map_err(|e| PersistError::Get(e, "PIT"))?,
+            clock: vm
+                .get_clock()
+                .map_err(|e| PersistError::Get(e, "kvmclock"))?,
+        })
+    }
+
+    /// Creates a VM on `memory` (irqchip and PIT included) and loads the
+    /// VM-wide state into it.
+    fn restore(memory: &GuestMemoryMmap, state: &VmState) -> Result<Self, PersistError> {
+        let vm = Vm::new(memory)?;
+        let fd = vm.fd();
+        let set = |what| move |e| PersistError::Set(e, what);
+        fd.set_irqchip(&state.pic_master)
+            .map_err(set("PIC master"))?;
+        fd.set_irqchip(&state.pic_slave).map_err(set("PIC slave"))?;
+        fd.set_irqchip(&state.ioapic).map_err(set("IOAPIC"))?;
+        fd.set_pit2(&state.pit).map_err(set("PIT"))?;
+        // Only the clock value can be set; the flags describe the host's clock.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
             ..Default::default()
         };
-        vm.get_irqchip(&mut c)
-            .map_err(|e| PersistError::Get(e, "irqchip"))?;
-        Ok(c)
-    };
-    Ok(VmState {
-        pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
-        pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
-        ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
-        pit: vm.get_pit2().map_err(|e| PersistError::Get(e, "PIT"))?,
-        clock: vm
-            .get_clock()
-            .map_err(|e| PersistError::Get(e, "kvmclock"))?,
-    })
-}
-
-/// Restores VM-wide state into a VM that has its irqchip and PIT created.
-pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), PersistError> {
-    let set = |what| move |e| PersistError::Set(e, what);
-    vm.set_irqchip(&state.pic_master)
-        .map_err(set("PIC master"))?;
-    vm.set_irqchip(&state.pic_slave).map_err(set("PIC slave"))?;
-    vm.set_irqchip(&state.ioapic).map_err(set("IOAPIC"))?;
-    vm.set_pit2(&state.pit).map_err(set("PIT"))?;
-    // Only the clock value can be set; the flags describe the host's clock.
-    let clock = kvm_clock_data {
-        clock: state.clock.clock,
-        ..Default::default()
-    };
-    vm.set_clock(&clock).map_err(set("kvmclock"))
+        fd.set_clock(&clock).map_err(set("kvmclock"))?;
+        Ok(vm)
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 use sbxrun_proto::control::{detect_flavour, KvmFlavour};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::persist::{restore_vcpu, save_vcpu, PersistError};
+use super::persist::{PersistError, VcpuArgs};
 use super::vcpu::Vcpu;
 use super::vm::Vm;
+use crate::persist::Persist;
 
 /// These tests need the host's real KVM; without it they fail and say so.
 fn require_kvm() -> KvmFlavour {
@@ -26,27 +27,49 @@ fn require_kvm() -> KvmFlavour {
     )
 }
 
-/// A vCPU of a fresh VM; the memory is returned to outlive the VM's slot.
-fn fresh_vcpu() -> (Vcpu, Vm, GuestMemoryMmap) {
+/// A fresh VM; the memory is returned to outlive the VM's slot.
+fn fresh_vm() -> (Vm, GuestMemoryMmap, KvmFlavour) {
     let flavour = require_kvm();
     let memory: GuestMemoryMmap =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory");
     let vm = Vm::new(&memory).expect("VM");
+    (vm, memory, flavour)
+}
+
+/// A vCPU of a fresh VM; the VM and memory are returned to outlive it.
+fn fresh_vcpu() -> (Vcpu, Vm, GuestMemoryMmap) {
+    let (vm, memory, flavour) = fresh_vm();
     let vcpu = Vcpu::new(&vm, 0, 1, flavour).expect("vCPU");
+    (vcpu, vm, memory)
+}
+
+/// Restores `state` as vCPU 0 of a fresh VM, returned with its memory to
+/// outlive the vCPU.
+fn restore_in_fresh_vm(
+    state: &super::persist::VcpuState,
+) -> (Result<Vcpu, PersistError>, Vm, GuestMemoryMmap) {
+    let (vm, memory, flavour) = fresh_vm();
+    let args = VcpuArgs {
+        vm: &vm,
+        index: 0,
+        count: 1,
+        flavour,
+    };
+    let vcpu = Vcpu::restore(args, state);
     (vcpu, vm, memory)
 }
 
 #[test]
 fn a_restored_vcpu_runs_at_the_saved_tsc_frequency_or_the_restore_says_why_not() {
-    let (vcpu, vm, _memory) = fresh_vcpu();
-    let mut state = save_vcpu(vm.kvm(), vcpu.fd()).expect("save");
+    let (vcpu, _vm, _memory) = fresh_vcpu();
+    let mut state = vcpu.save().expect("save");
     let host_khz = state.tsc_khz.expect("KVM_GET_TSC_KHZ answers on this host");
     // A snapshot taken on a host whose TSC ran 10 % faster.
     let saved_khz = host_khz + host_khz / 10;
     state.tsc_khz = Some(saved_khz);
-    let (target, _vm2, _memory2) = fresh_vcpu();
-    match restore_vcpu(target.fd(), &state) {
-        Ok(()) => {
+    let (target, _vm2, _memory2) = restore_in_fresh_vm(&state);
+    match target {
+        Ok(target) => {
             let now = target.fd().get_tsc_khz().expect("TSC frequency");
             assert!(
                 now.abs_diff(saved_khz) <= saved_khz / 1000,
@@ -66,11 +89,11 @@ fn a_restored_vcpu_runs_at_the_saved_tsc_frequency_or_the_restore_says_why_not()
 
 #[test]
 fn a_tsc_frequency_within_tolerance_is_left_alone() {
-    let (vcpu, vm, _memory) = fresh_vcpu();
-    let mut state = save_vcpu(vm.kvm(), vcpu.fd()).expect("save");
+    let (vcpu, _vm, _memory) = fresh_vcpu();
+    let mut state = vcpu.save().expect("save");
     let host_khz = state.tsc_khz.expect("KVM_GET_TSC_KHZ answers on this host");
     state.tsc_khz = Some(host_khz + 1);
-    let (target, _vm2, _memory2) = fresh_vcpu();
-    restore_vcpu(target.fd(), &state).expect("restore within tolerance");
+    let (target, _vm2, _memory2) = restore_in_fresh_vm(&state);
+    let target = target.expect("restore within tolerance");
     assert_eq!(target.fd().get_tsc_khz().expect("TSC frequency"), host_khz);
 }

@@ -2,9 +2,10 @@
 //! to an [`ExitHandler`]; the rest end the VM with a typed [`VmExit`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
 use super::cpuid;
 use super::vm::Vm;
@@ -13,7 +14,7 @@ use sbxrun_proto::layout::{BOOT_GDT_START, BOOT_IDT_START, PVH_INFO_START};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
-pub enum VcpuError {
+pub(crate) enum VcpuError {
     #[error("cannot create vCPU {1}")]
     Create(#[source] kvm_ioctls::Error, u8),
     #[error("cannot read the supported CPUID")]
@@ -25,7 +26,7 @@ pub enum VcpuError {
 }
 
 /// Handles the exits that belong to emulated devices.
-pub trait ExitHandler {
+pub(crate) trait ExitHandler {
     fn pio_read(&mut self, port: u16, data: &mut [u8]);
     /// Returns true when the write asked for a machine reset.
     fn pio_write(&mut self, port: u16, data: &[u8]) -> bool;
@@ -35,7 +36,7 @@ pub trait ExitHandler {
 
 /// The GDT the PVH entry runs on: flat 32-bit code and data, and a TSS.
 /// Entries are (access+flags, base, limit) in the packed descriptor layout.
-pub const BOOT_GDT: [(u16, u32, u32); 4] = [
+pub(crate) const BOOT_GDT: [(u16, u32, u32); 4] = [
     (0, 0, 0),
     (0xc09b, 0, 0xffff_ffff),
     (0xc093, 0, 0xffff_ffff),
@@ -43,7 +44,7 @@ pub const BOOT_GDT: [(u16, u32, u32); 4] = [
 ];
 
 /// Encodes one GDT descriptor.
-pub fn gdt_descriptor((flags, base, limit): (u16, u32, u32)) -> u64 {
+pub(crate) fn gdt_descriptor((flags, base, limit): (u16, u32, u32)) -> u64 {
     let (flags, base, limit) = (u64::from(flags), u64::from(base), u64::from(limit));
     ((base & 0xff00_0000) << 32)
         | ((base & 0x00ff_ffff) << 16)
@@ -74,13 +75,20 @@ fn segment_from_gdt(index: usize) -> kvm_segment {
 }
 
 /// A vCPU ready to run.
-pub struct Vcpu {
+pub(crate) struct Vcpu {
     fd: VcpuFd,
+    /// The system handle, for the MSR index list a save reads.
+    kvm: Arc<Kvm>,
 }
 
 impl Vcpu {
     /// Creates vCPU `index` of `count` with our CPUID.
-    pub fn new(vm: &Vm, index: u8, count: u8, flavour: KvmFlavour) -> Result<Self, VcpuError> {
+    pub(crate) fn new(
+        vm: &Vm,
+        index: u8,
+        count: u8,
+        flavour: KvmFlavour,
+    ) -> Result<Self, VcpuError> {
         let fd = vm
             .fd()
             .create_vcpu(u64::from(index))
@@ -92,14 +100,22 @@ impl Vcpu {
         cpuid::adjust(&mut cpuid, index, count, flavour);
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::SetState(e, "CPUID"))?;
-        let vcpu = Vcpu { fd };
+        let vcpu = Vcpu {
+            fd,
+            kvm: vm.kvm().clone(),
+        };
         vcpu.set_virtual_wire_lapic()?;
         Ok(vcpu)
     }
 
     /// The KVM handle, for snapshotting.
-    pub fn fd(&self) -> &VcpuFd {
+    pub(crate) fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    /// The KVM system handle, for snapshotting.
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
     }
 
     /// LINT0 as ExtINT and LINT1 as NMI: the guest has no MP table or ACPI,
@@ -129,7 +145,7 @@ impl Vcpu {
 
     /// Puts the vCPU at the PVH entry: 32-bit protected mode, paging off,
     /// flat segments, %ebx = the `hvm_start_info` address.
-    pub fn configure_pvh_boot(&self, entry: u64) -> Result<(), VcpuError> {
+    pub(crate) fn configure_pvh_boot(&self, entry: u64) -> Result<(), VcpuError> {
         let regs = kvm_regs {
             rip: entry,
             rbx: PVH_INFO_START,
@@ -179,7 +195,11 @@ impl Vcpu {
 
     /// Runs the guest until the VM must end, or until `stop` is set and the
     /// vCPU has been kicked out of KVM_RUN (then `None`).
-    pub fn run(&mut self, handler: &mut dyn ExitHandler, stop: &AtomicBool) -> Option<VmExit> {
+    pub(crate) fn run(
+        &mut self,
+        handler: &mut dyn ExitHandler,
+        stop: &AtomicBool,
+    ) -> Option<VmExit> {
         loop {
             if stop.load(Ordering::Acquire) {
                 return None;
@@ -248,7 +268,7 @@ impl Vcpu {
     /// Completes the exit the vCPU last returned with (KVM applies an MMIO
     /// or port read's data only on the next KVM_RUN) without running guest
     /// code, so a snapshot taken now loses no half-done I/O.
-    pub fn finish_pending_exit(&mut self) {
+    pub(crate) fn finish_pending_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(1);
         // Expected to fail with EINTR at once: that is the point.
         let _ = self.fd.run();

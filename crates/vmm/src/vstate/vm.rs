@@ -1,13 +1,15 @@
 //! The KVM VM: memory slots, in-kernel irqchip and PIT, irqfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors building the VM.
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub(crate) enum VmError {
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0} is not 12")]
@@ -31,14 +33,15 @@ pub enum VmError {
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// A VM with its memory registered and interrupt controllers created.
-pub struct Vm {
-    kvm: Kvm,
+pub(crate) struct Vm {
+    /// Shared with the vCPUs, which need it to list MSRs when saved.
+    kvm: Arc<Kvm>,
     fd: VmFd,
 }
 
 impl Vm {
     /// Opens KVM and creates a VM backed by `memory`.
-    pub fn new(memory: &GuestMemoryMmap) -> Result<Self, VmError> {
+    pub(crate) fn new(memory: &GuestMemoryMmap) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let api = kvm.get_api_version();
         if api != 12 {
@@ -70,21 +73,24 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::Pit)?;
-        Ok(Vm { kvm, fd })
+        Ok(Vm {
+            kvm: Arc::new(kvm),
+            fd,
+        })
     }
 
     /// The KVM system handle (for CPUID and MSR queries).
-    pub fn kvm(&self) -> &Kvm {
+    pub(crate) fn kvm(&self) -> &Arc<Kvm> {
         &self.kvm
     }
 
     /// The VM handle.
-    pub fn fd(&self) -> &VmFd {
+    pub(crate) fn fd(&self) -> &VmFd {
         &self.fd
     }
 
     /// An eventfd that raises `irq` in the in-kernel irqchip when written.
-    pub fn irq_eventfd(&self, irq: u32) -> Result<EventFd, VmError> {
+    pub(crate) fn irq_eventfd(&self, irq: u32) -> Result<EventFd, VmError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         self.fd
             .register_irqfd(&evt, irq)

@@ -1,3 +1,3 @@
 //! Legacy PC devices: the 8250 UART carrying the kernel console.
 
-pub mod serial;
+pub(crate) mod serial;

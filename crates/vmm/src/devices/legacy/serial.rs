@@ -11,6 +11,8 @@ use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::persist::Persist;
+
 /// How many console lines are kept for error reports.
 const TAIL_LINES: usize = 40;
 /// Longest console line kept; the rest of a longer line is dropped.
@@ -18,7 +20,7 @@ const MAX_LINE: usize = 512;
 
 /// What the console has shown so far that matters for diagnosis.
 #[derive(Debug, Default)]
-pub struct ConsoleTranscript {
+pub(crate) struct ConsoleTranscript {
     tail: VecDeque<String>,
     current: Vec<u8>,
     panic_line: Option<String>,
@@ -46,19 +48,19 @@ impl ConsoleTranscript {
     }
 
     /// The first kernel panic line seen, if any.
-    pub fn panic_line(&self) -> Option<&str> {
+    pub(crate) fn panic_line(&self) -> Option<&str> {
         self.panic_line.as_deref()
     }
 
     /// The last lines of console output.
     #[cfg(test)]
-    pub fn tail(&self) -> Vec<String> {
+    pub(crate) fn tail(&self) -> Vec<String> {
         self.tail.iter().cloned().collect()
     }
 }
 
 /// The serial's output: the log (if any) plus the transcript.
-pub struct ConsoleSink {
+struct ConsoleSink {
     log: Option<Box<dyn Write + Send>>,
     transcript: Arc<Mutex<ConsoleTranscript>>,
 }
@@ -86,7 +88,7 @@ impl Write for ConsoleSink {
 }
 
 /// Raises the serial IRQ through an irqfd.
-pub struct IrqTrigger(pub EventFd);
+struct IrqTrigger(EventFd);
 
 impl Trigger for IrqTrigger {
     type E = io::Error;
@@ -96,39 +98,63 @@ impl Trigger for IrqTrigger {
 }
 
 /// The 8250 UART on COM1.
-pub struct SerialConsole {
+pub(crate) struct SerialConsole {
     uart: Serial<IrqTrigger, NoEvents, ConsoleSink>,
 }
 
+/// What a UART is built around, at cold boot and at restore.
+pub(crate) struct SerialArgs {
+    /// Raises the serial IRQ.
+    pub irq: EventFd,
+    /// The console log, if the runner asked for one.
+    pub log: Option<Box<dyn Write + Send>>,
+    /// What the runner's error reports quote.
+    pub transcript: Arc<Mutex<ConsoleTranscript>>,
+}
+
+impl SerialArgs {
+    fn into_parts(self) -> (IrqTrigger, ConsoleSink) {
+        let SerialArgs {
+            irq,
+            log,
+            transcript,
+        } = self;
+        (IrqTrigger(irq), ConsoleSink { log, transcript })
+    }
+}
+
 impl SerialConsole {
-    /// A UART writing to `log` and `transcript`, interrupting through `irq`.
-    pub fn new(
-        irq: EventFd,
-        log: Option<Box<dyn Write + Send>>,
-        transcript: Arc<Mutex<ConsoleTranscript>>,
-    ) -> Self {
+    /// A UART in power-on state.
+    pub(crate) fn new(args: SerialArgs) -> Self {
+        let (irq, sink) = args.into_parts();
         SerialConsole {
-            uart: Serial::new(IrqTrigger(irq), ConsoleSink { log, transcript }),
+            uart: Serial::new(irq, sink),
         }
     }
 
     /// Port read at `offset` from COM1's base.
-    pub fn read(&mut self, offset: u8) -> u8 {
+    pub(crate) fn read(&mut self, offset: u8) -> u8 {
         self.uart.read(offset)
     }
 
     /// Port write at `offset` from COM1's base.
-    pub fn write(&mut self, offset: u8, value: u8) {
+    pub(crate) fn write(&mut self, offset: u8, value: u8) {
         // The only failure is the IRQ eventfd write, which cannot fail for a
         // valid eventfd short of counter overflow; losing one interrupt of
         // console output is harmless.
         let _ = self.uart.write(offset, value);
     }
+}
 
-    /// The UART's register state, for snapshots.
-    pub fn snapshot(&self) -> SerialSnapshot {
+impl Persist for SerialConsole {
+    type State = SerialConsoleState;
+    type RestoreArgs<'a> = SerialArgs;
+    type Error = SerialRestoreError;
+
+    /// The UART's registers; never fails.
+    fn save(&self) -> Result<SerialConsoleState, SerialRestoreError> {
         let st = self.uart.state();
-        SerialSnapshot {
+        Ok(SerialConsoleState {
             registers: [
                 st.baud_divisor_low,
                 st.baud_divisor_high,
@@ -141,17 +167,12 @@ impl SerialConsole {
                 st.scratch,
             ],
             in_buffer: st.in_buffer,
-        }
+        })
     }
 
-    /// Rebuilds a UART from snapshot state. Forgetting this state (e.g.
-    /// the interrupt enable register) silently stalls the guest's console.
-    pub fn from_snapshot(
-        snap: &SerialSnapshot,
-        irq: EventFd,
-        log: Option<Box<dyn Write + Send>>,
-        transcript: Arc<Mutex<ConsoleTranscript>>,
-    ) -> Result<Self, SerialRestoreError> {
+    /// Rebuilds the UART. Forgetting this state (e.g. the interrupt enable
+    /// register) silently stalls the guest's console.
+    fn restore(args: SerialArgs, snap: &SerialConsoleState) -> Result<Self, SerialRestoreError> {
         let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
             snap.registers;
         let state = SerialState {
@@ -166,20 +187,16 @@ impl SerialConsole {
             scratch,
             in_buffer: snap.in_buffer.clone(),
         };
-        let uart = Serial::from_state(
-            &state,
-            IrqTrigger(irq),
-            NoEvents,
-            ConsoleSink { log, transcript },
-        )
-        .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
+        let (irq, sink) = args.into_parts();
+        let uart = Serial::from_state(&state, irq, NoEvents, sink)
+            .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
         Ok(SerialConsole { uart })
     }
 }
 
 /// The UART state that does not survive a snapshot on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialSnapshot {
+pub(crate) struct SerialConsoleState {
     /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
     pub registers: [u8; 9],
     /// Input bytes not yet read by the guest.
@@ -189,7 +206,7 @@ pub struct SerialSnapshot {
 /// A snapshot's serial state was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid serial state in snapshot: {0}")]
-pub struct SerialRestoreError(String);
+pub(crate) struct SerialRestoreError(String);
 
 #[cfg(test)]
 mod tests {

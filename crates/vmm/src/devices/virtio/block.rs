@@ -20,36 +20,36 @@ use super::{
 };
 
 /// Size of the only queue.
-pub const BLOCK_QUEUE_SIZE: u16 = 256;
+pub(crate) const BLOCK_QUEUE_SIZE: u16 = 256;
 /// Bytes per sector; capacity and request offsets count in these.
-pub const SECTOR_SIZE: u64 = 512;
+pub(crate) const SECTOR_SIZE: u64 = 512;
 /// Length of the id returned by GET_ID.
-pub const DISK_ID_LEN: usize = 20;
+pub(crate) const DISK_ID_LEN: usize = 20;
 
 /// Feature: seg_max in config is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+pub(crate) const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
 /// Feature: the disk is read-only.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
+pub(crate) const VIRTIO_BLK_F_RO: u32 = 5;
 /// Feature: blk_size in config is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+pub(crate) const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
 /// Feature: FLUSH requests are supported.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+pub(crate) const VIRTIO_BLK_F_FLUSH: u32 = 9;
 
 /// Request type: read sectors.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub(crate) const VIRTIO_BLK_T_IN: u32 = 0;
 /// Request type: write sectors.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub(crate) const VIRTIO_BLK_T_OUT: u32 = 1;
 /// Request type: flush the write cache.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub(crate) const VIRTIO_BLK_T_FLUSH: u32 = 4;
 /// Request type: get the device id string.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub(crate) const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
 /// Status: success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub(crate) const VIRTIO_BLK_S_OK: u8 = 0;
 /// Status: request failed.
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub(crate) const VIRTIO_BLK_S_IOERR: u8 = 1;
 /// Status: request type not supported.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub(crate) const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 const HEADER_LEN: u32 = 16;
 const CONFIG_LEN: usize = 24;
@@ -58,7 +58,7 @@ const CHUNK: usize = 128 * 1024;
 
 /// Errors of setting up a block device and of single requests.
 #[derive(Debug, thiserror::Error)]
-pub enum BlockError {
+pub(crate) enum BlockError {
     /// The id given at construction is longer than GET_ID can return.
     #[error("disk id is {0} bytes, at most {DISK_ID_LEN} allowed")]
     DiskIdTooLong(usize),
@@ -116,7 +116,7 @@ impl BlockError {
 /// Saved state of a block device: only what must match on restore, since
 /// requests never outlive the notification that started them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockState {
+pub(crate) struct BlockState {
     /// Whether the disk was read-only.
     pub read_only: bool,
     /// Capacity in sectors the guest saw.
@@ -126,7 +126,7 @@ pub struct BlockState {
 }
 
 /// A virtio-blk device.
-pub struct Block {
+pub(crate) struct Block {
     file: File,
     read_only: bool,
     capacity: u64,
@@ -140,7 +140,7 @@ impl Block {
     /// A disk backed by `file` (opened read-write unless `read_only`), with
     /// capacity the file size rounded down to whole sectors. `disk_id` is
     /// returned by GET_ID, zero-padded to 20 bytes.
-    pub fn new(file: File, read_only: bool, disk_id: &[u8]) -> Result<Self, BlockError> {
+    pub(crate) fn new(file: File, read_only: bool, disk_id: &[u8]) -> Result<Self, BlockError> {
         if disk_id.len() > DISK_ID_LEN {
             return Err(BlockError::DiskIdTooLong(disk_id.len()));
         }
@@ -160,7 +160,7 @@ impl Block {
 
     /// Capacity in sectors.
     #[cfg(test)]
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 

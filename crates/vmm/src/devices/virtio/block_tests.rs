@@ -7,12 +7,13 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::devices::virtio::mmio::{reg, MmioTransport, MmioTransportState};
+use crate::devices::virtio::mmio::{reg, MmioTransport, MmioTransportArgs, MmioTransportState};
 use crate::devices::virtio::status;
 use crate::devices::virtio::testutil::{
     irq, linux_probe, memory, mmio_read, mmio_write, take_interrupt, TestRing,
 };
 use crate::devices::BusDevice;
+use crate::persist::Persist;
 
 const HDR: u64 = 0x10000;
 const DATA: u64 = 0x20000;
@@ -348,9 +349,11 @@ fn block_save_restore_keeps_serving_and_checks_the_disk() {
 
     let block = Block::new(d.file.try_clone().unwrap(), false, ID).unwrap();
     d.t = MmioTransport::restore(
-        d.mem.clone(),
-        d.irq.try_clone().unwrap(),
-        Box::new(block),
+        MmioTransportArgs {
+            mem: d.mem.clone(),
+            interrupt: d.irq.try_clone().unwrap(),
+            device: Box::new(block),
+        },
         &state,
     )
     .unwrap();
@@ -361,9 +364,25 @@ fn block_save_restore_keeps_serving_and_checks_the_disk() {
     let smaller = tempfile::tempfile().unwrap();
     smaller.set_len(512).unwrap();
     let other = Block::new(smaller, false, ID).unwrap();
-    assert!(MmioTransport::restore(d.mem.clone(), irq(), Box::new(other), &state).is_err());
+    assert!(MmioTransport::restore(
+        MmioTransportArgs {
+            mem: d.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(other)
+        },
+        &state
+    )
+    .is_err());
     let ro = Block::new(d.file.try_clone().unwrap(), true, ID).unwrap();
-    assert!(MmioTransport::restore(d.mem.clone(), irq(), Box::new(ro), &state).is_err());
+    assert!(MmioTransport::restore(
+        MmioTransportArgs {
+            mem: d.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(ro)
+        },
+        &state
+    )
+    .is_err());
 }
 
 #[test]

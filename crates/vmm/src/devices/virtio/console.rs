@@ -37,11 +37,11 @@ use super::{
 };
 
 /// Size of each queue.
-pub const CONSOLE_QUEUE_SIZE: u16 = 256;
+pub(crate) const CONSOLE_QUEUE_SIZE: u16 = 256;
 /// Default bound of the pending input buffer.
-pub const DEFAULT_PENDING_CAPACITY: usize = 64 * 1024;
+pub(crate) const DEFAULT_PENDING_CAPACITY: usize = 64 * 1024;
 /// Name announced for the port (`/sys/class/virtio-ports/vportNp0/name`), which is how the guest finds it.
-pub const PORT_NAME: &[u8] = b"sbxrun.control";
+pub(crate) const PORT_NAME: &[u8] = b"sbxrun.control";
 
 const RECEIVEQ: usize = 0;
 const TRANSMITQ: usize = 1;
@@ -63,28 +63,28 @@ const CONTROL_LEN: usize = 8;
 /// Control message events (virtio 1.x, section 5.3.6.2). The whole table,
 /// as the spec numbers it: some events are ones this device never sends.
 #[allow(dead_code)]
-pub mod event {
+pub(crate) mod event {
     /// Driver: the device is set up (value 1) or failed (value 0).
-    pub const DEVICE_READY: u16 = 0;
+    pub(crate) const DEVICE_READY: u16 = 0;
     /// Device: a port exists.
-    pub const PORT_ADD: u16 = 1;
+    pub(crate) const PORT_ADD: u16 = 1;
     /// Device: a port went away.
-    pub const PORT_REMOVE: u16 = 2;
+    pub(crate) const PORT_REMOVE: u16 = 2;
     /// Driver: a port is set up (value 1) or failed (value 0).
-    pub const PORT_READY: u16 = 3;
+    pub(crate) const PORT_READY: u16 = 3;
     /// Device: a port is a console; never sent here.
-    pub const CONSOLE_PORT: u16 = 4;
+    pub(crate) const CONSOLE_PORT: u16 = 4;
     /// Device: a console port's size.
-    pub const RESIZE: u16 = 5;
+    pub(crate) const RESIZE: u16 = 5;
     /// Both: the sender's end of a port is open (1) or closed (0).
-    pub const PORT_OPEN: u16 = 6;
+    pub(crate) const PORT_OPEN: u16 = 6;
     /// Device: a port's name follows the header.
-    pub const PORT_NAME: u16 = 7;
+    pub(crate) const PORT_NAME: u16 = 7;
 }
 
 /// Errors of the console device.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
+pub(crate) enum ConsoleError {
     /// A receive chain has device-readable buffers.
     #[error("receive buffer has {0} device-readable bytes")]
     ReadableReceiveBuffer(u32),
@@ -143,7 +143,7 @@ pub enum ConsoleError {
 /// step that happened; what to send next follows from them, so a restored
 /// device carries on exactly where the saved one stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlState {
+pub(crate) struct ControlState {
     /// The driver said DEVICE_READY (value 1).
     pub device_ready: bool,
     /// PORT_ADD for port 0 reached the driver.
@@ -162,7 +162,7 @@ pub struct ControlState {
 /// Saved state of a console: input accepted from the host but not yet
 /// delivered to the guest, and the control handshake.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsoleState {
+pub(crate) struct ConsoleState {
     /// Pending host input, oldest first.
     pub pending: Vec<u8>,
     /// Multiport handshake state.
@@ -213,7 +213,7 @@ impl ControlMsg {
 }
 
 /// A virtio console with one generic port.
-pub struct Console {
+pub(crate) struct Console {
     output: Box<dyn Write + Send>,
     pending: VecDeque<u8>,
     pending_cap: usize,
@@ -228,12 +228,12 @@ pub struct Console {
 impl Console {
     /// A console writing guest output to `output`, holding at most
     /// [`DEFAULT_PENDING_CAPACITY`] bytes of undelivered input.
-    pub fn new(output: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn new(output: Box<dyn Write + Send>) -> Self {
         Self::with_pending_capacity(output, DEFAULT_PENDING_CAPACITY)
     }
 
     /// Like [`Self::new`] with another bound on pending input.
-    pub fn with_pending_capacity(output: Box<dyn Write + Send>, pending_cap: usize) -> Self {
+    pub(crate) fn with_pending_capacity(output: Box<dyn Write + Send>, pending_cap: usize) -> Self {
         Self {
             output,
             pending: VecDeque::new(),
@@ -248,31 +248,31 @@ impl Console {
     }
 
     /// How many more bytes [`Self::push_input`] will accept right now.
-    pub fn input_capacity(&self) -> usize {
+    pub(crate) fn input_capacity(&self) -> usize {
         self.pending_cap.saturating_sub(self.pending.len())
     }
 
     /// Bytes accepted but not yet delivered.
     #[cfg(test)]
-    pub fn pending_len(&self) -> usize {
+    pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
     /// The last error writing guest output to the host, if any.
     #[cfg(test)]
-    pub fn output_error(&self) -> Option<&io::Error> {
+    pub(crate) fn output_error(&self) -> Option<&io::Error> {
         self.output_error.as_ref()
     }
 
     /// Guest output bytes dropped because the host writer failed.
     #[cfg(test)]
-    pub fn dropped_output_bytes(&self) -> u64 {
+    pub(crate) fn dropped_output_bytes(&self) -> u64 {
         self.dropped_output
     }
 
     /// Where the control handshake stands.
     #[cfg(test)]
-    pub fn control_state(&self) -> ControlState {
+    pub(crate) fn control_state(&self) -> ControlState {
         self.control
     }
 
@@ -280,7 +280,7 @@ impl Console {
     /// buffers and keeps the rest pending, up to the bound. Returns how many
     /// bytes of `input` were accepted; the caller keeps the others. An empty
     /// `input` just retries pending bytes.
-    pub fn push_input(&mut self, ctx: &mut QueueContext<'_>, input: &[u8]) -> usize {
+    pub(crate) fn push_input(&mut self, ctx: &mut QueueContext<'_>, input: &[u8]) -> usize {
         let mut accepted = 0;
         loop {
             let take = self.input_capacity().min(input.len() - accepted);
@@ -693,12 +693,12 @@ impl VirtioDevice for Console {
 impl MmioTransport {
     /// [`Console::push_input`] through the transport, which interrupts the
     /// guest if anything was delivered.
-    pub fn console_push_input(&mut self, input: &[u8]) -> Result<usize, MmioError> {
+    pub(crate) fn console_push_input(&mut self, input: &[u8]) -> Result<usize, MmioError> {
         self.with_device_of(|console: &mut Console, ctx| console.push_input(ctx, input))
     }
 
     /// [`Console::input_capacity`] through the transport.
-    pub fn console_input_capacity(&mut self) -> Result<usize, MmioError> {
+    pub(crate) fn console_input_capacity(&mut self) -> Result<usize, MmioError> {
         self.device_of::<Console>()
             .map(|console| console.input_capacity())
     }

@@ -7,12 +7,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::devices::virtio::mmio::{reg, MmioTransportState};
+use crate::devices::virtio::mmio::{reg, MmioTransportArgs, MmioTransportState};
 use crate::devices::virtio::status;
 use crate::devices::virtio::testutil::{
     irq, linux_probe, memory, mmio_read, mmio_write, take_interrupt, TestRing,
 };
 use crate::devices::BusDevice;
+use crate::persist::Persist;
 
 const RX_BUF: u64 = 0x10000;
 const TX_BUF: u64 = 0x40000;
@@ -230,9 +231,11 @@ impl Fixture {
         self.out = Sink::default();
         let fresh = Console::with_pending_capacity(Box::new(self.out.clone()), cap);
         self.t = MmioTransport::restore(
-            self.mem.clone(),
-            self.irq.try_clone().unwrap(),
-            Box::new(fresh),
+            MmioTransportArgs {
+                mem: self.mem.clone(),
+                interrupt: self.irq.try_clone().unwrap(),
+                device: Box::new(fresh),
+            },
             &state,
         )
         .unwrap();
@@ -606,7 +609,15 @@ fn console_save_restore_mid_conversation_needs_no_new_handshake() {
     assert_eq!(*f.out.0.lock().unwrap(), b"out");
 
     let small = Console::with_pending_capacity(Box::new(Sink::default()), 2);
-    assert!(MmioTransport::restore(f.mem.clone(), irq(), Box::new(small), &state).is_err());
+    assert!(MmioTransport::restore(
+        MmioTransportArgs {
+            mem: f.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(small)
+        },
+        &state
+    )
+    .is_err());
 }
 
 #[test]
@@ -638,7 +649,15 @@ fn console_restore_sends_what_was_owed_into_posted_buffers() {
     f.crx
         .push_chain(&f.mem, &[(CTRL_RX_BUF, CTRL_RX_LEN, true)]);
     let fresh = Console::with_pending_capacity(Box::new(Sink::default()), 64);
-    f.t = MmioTransport::restore(f.mem.clone(), irq(), Box::new(fresh), &state).unwrap();
+    f.t = MmioTransport::restore(
+        MmioTransportArgs {
+            mem: f.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(fresh),
+        },
+        &state,
+    )
+    .unwrap();
     assert_eq!(f.control_received(), vec![ctl(event::PORT_ADD, 1)]);
 }
 

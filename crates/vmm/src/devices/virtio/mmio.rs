@@ -10,79 +10,80 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::queue::{Queue, QueueContext, QueueError, QueueState, Ring};
+use super::queue::{Queue, QueueArgs, QueueContext, QueueError, QueueState, Ring};
 use super::{features, interrupt, status, DeviceState, VirtioDevice, VirtioError};
 use crate::devices::BusDevice;
+use crate::persist::Persist;
 
 /// "virt" in little endian.
-pub const MMIO_MAGIC: u32 = 0x7472_6976;
+pub(crate) const MMIO_MAGIC: u32 = 0x7472_6976;
 /// The modern (virtio 1.x) register layout.
-pub const MMIO_VERSION: u32 = 2;
+pub(crate) const MMIO_VERSION: u32 = 2;
 /// Vendor id reported to the guest ("sbxr").
-pub const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"sbxr");
+pub(crate) const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"sbxr");
 /// Start of device config space in the window.
-pub const MMIO_CONFIG_OFFSET: u64 = 0x100;
+pub(crate) const MMIO_CONFIG_OFFSET: u64 = 0x100;
 
 /// Register offsets (virtio 1.x, section 4.2.2). The whole table, as the
 /// spec lays it out: shared-memory registers read as zero here.
 #[allow(dead_code)]
-pub mod reg {
+pub(crate) mod reg {
     /// Magic value, "virt".
-    pub const MAGIC: u64 = 0x000;
+    pub(crate) const MAGIC: u64 = 0x000;
     /// Transport version.
-    pub const VERSION: u64 = 0x004;
+    pub(crate) const VERSION: u64 = 0x004;
     /// Virtio device id.
-    pub const DEVICE_ID: u64 = 0x008;
+    pub(crate) const DEVICE_ID: u64 = 0x008;
     /// Vendor id.
-    pub const VENDOR_ID: u64 = 0x00c;
+    pub(crate) const VENDOR_ID: u64 = 0x00c;
     /// 32 feature bits offered, chosen by DEVICE_FEATURES_SEL.
-    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub(crate) const DEVICE_FEATURES: u64 = 0x010;
     /// Which 32 bits DEVICE_FEATURES shows.
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub(crate) const DEVICE_FEATURES_SEL: u64 = 0x014;
     /// 32 feature bits accepted, chosen by DRIVER_FEATURES_SEL.
-    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub(crate) const DRIVER_FEATURES: u64 = 0x020;
     /// Which 32 bits DRIVER_FEATURES sets.
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub(crate) const DRIVER_FEATURES_SEL: u64 = 0x024;
     /// Queue the QUEUE_* registers refer to.
-    pub const QUEUE_SEL: u64 = 0x030;
+    pub(crate) const QUEUE_SEL: u64 = 0x030;
     /// Maximum size of the selected queue (0: no such queue).
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub(crate) const QUEUE_NUM_MAX: u64 = 0x034;
     /// Size of the selected queue.
-    pub const QUEUE_NUM: u64 = 0x038;
+    pub(crate) const QUEUE_NUM: u64 = 0x038;
     /// Selected queue is set up.
-    pub const QUEUE_READY: u64 = 0x044;
+    pub(crate) const QUEUE_READY: u64 = 0x044;
     /// Driver kicks the queue with this index.
-    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub(crate) const QUEUE_NOTIFY: u64 = 0x050;
     /// Why the interrupt was raised.
-    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub(crate) const INTERRUPT_STATUS: u64 = 0x060;
     /// Driver clears these InterruptStatus bits.
-    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub(crate) const INTERRUPT_ACK: u64 = 0x064;
     /// Device status; 0 resets.
-    pub const STATUS: u64 = 0x070;
+    pub(crate) const STATUS: u64 = 0x070;
     /// Descriptor table address, low half.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub(crate) const QUEUE_DESC_LOW: u64 = 0x080;
     /// Descriptor table address, high half.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub(crate) const QUEUE_DESC_HIGH: u64 = 0x084;
     /// Available ring address, low half.
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub(crate) const QUEUE_DRIVER_LOW: u64 = 0x090;
     /// Available ring address, high half.
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub(crate) const QUEUE_DRIVER_HIGH: u64 = 0x094;
     /// Used ring address, low half.
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub(crate) const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     /// Used ring address, high half.
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub(crate) const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
     /// Shared memory region selector.
-    pub const SHM_SEL: u64 = 0x0ac;
+    pub(crate) const SHM_SEL: u64 = 0x0ac;
     /// Shared memory length, low half.
-    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub(crate) const SHM_LEN_LOW: u64 = 0x0b0;
     /// Shared memory length, high half.
-    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub(crate) const SHM_LEN_HIGH: u64 = 0x0b4;
     /// Shared memory base, low half.
-    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub(crate) const SHM_BASE_LOW: u64 = 0x0b8;
     /// Shared memory base, high half.
-    pub const SHM_BASE_HIGH: u64 = 0x0bc;
+    pub(crate) const SHM_BASE_HIGH: u64 = 0x0bc;
     /// Changes when config space changes.
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub(crate) const CONFIG_GENERATION: u64 = 0x0fc;
 }
 
 /// Features the transport never lets a device offer: the queue code
@@ -92,7 +93,7 @@ const UNSUPPORTED_FEATURES: u64 =
 
 /// Errors of saving, restoring and driving the transport from the host.
 #[derive(Debug, thiserror::Error)]
-pub enum MmioError {
+pub(crate) enum MmioError {
     /// The snapshot is of another device type than the device given.
     #[error("saved device type {saved} does not match device type {actual}")]
     DeviceTypeMismatch {
@@ -134,7 +135,7 @@ pub enum MmioError {
 
 /// Serializable state of a transport and its device. Holds no fds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmioTransportState {
+pub(crate) struct MmioTransportState {
     /// Virtio device id.
     pub device_type: u32,
     /// Device status register.
@@ -163,7 +164,7 @@ pub struct MmioTransportState {
 /// it as `Arc<Mutex<MmioTransport>>` with threads that feed host-side input;
 /// those reach the concrete device through [`Self::with_device`] (or the
 /// console and net shortcuts in [`super::console`] and [`super::net`]).
-pub struct MmioTransport {
+pub(crate) struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: EventFd,
     device: Box<dyn VirtioDevice>,
@@ -181,7 +182,11 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// A transport in reset state. Writing 1 to `interrupt` must raise the
     /// device's interrupt (the core registers it as an irqfd).
-    pub fn new(mem: GuestMemoryMmap, interrupt: EventFd, device: Box<dyn VirtioDevice>) -> Self {
+    pub(crate) fn new(
+        mem: GuestMemoryMmap,
+        interrupt: EventFd,
+        device: Box<dyn VirtioDevice>,
+    ) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -204,26 +209,26 @@ impl MmioTransport {
     }
 
     /// Virtio id of the device behind the transport.
-    pub fn device_type(&self) -> u32 {
+    pub(crate) fn device_type(&self) -> u32 {
         self.device.device_type()
     }
 
     #[cfg(test)]
     /// Whether the driver set DRIVER_OK and the device accepted it.
-    pub fn is_activated(&self) -> bool {
+    pub(crate) fn is_activated(&self) -> bool {
         self.activated
     }
 
     /// The device, for operations that need no guest memory.
     #[cfg(test)]
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+    pub(crate) fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
     }
 
     /// Runs `f` on the concrete device `D` with guest memory and queues at
     /// hand, then interrupts the guest if `f` returned buffers to it.
     /// Returns `None` if the device is not a `D`.
-    pub fn with_device<D: VirtioDevice + 'static, R>(
+    pub(crate) fn with_device<D: VirtioDevice + 'static, R>(
         &mut self,
         f: impl FnOnce(&mut D, &mut QueueContext<'_>) -> R,
     ) -> Option<R> {
@@ -239,7 +244,7 @@ impl MmioTransport {
 
     /// [`Self::with_device`] for the device-specific shortcuts: a device
     /// of another type is [`MmioError::WrongDeviceType`].
-    pub fn with_device_of<D: VirtioDevice + 'static, R>(
+    pub(crate) fn with_device_of<D: VirtioDevice + 'static, R>(
         &mut self,
         f: impl FnOnce(&mut D, &mut QueueContext<'_>) -> R,
     ) -> Result<R, MmioError> {
@@ -250,104 +255,12 @@ impl MmioTransport {
 
     /// The device as a `D` without touching the queues, or
     /// [`MmioError::WrongDeviceType`].
-    pub fn device_of<D: VirtioDevice + 'static>(&mut self) -> Result<&mut D, MmioError> {
+    pub(crate) fn device_of<D: VirtioDevice + 'static>(&mut self) -> Result<&mut D, MmioError> {
         let device_type = self.device_type();
         self.device
             .as_any_mut()
             .downcast_mut::<D>()
             .ok_or(MmioError::WrongDeviceType(device_type))
-    }
-
-    /// Saves the transport and device state. The caller holds the lock and
-    /// the vCPUs are paused, so no request is half done: requests complete
-    /// within the QueueNotify write that starts them.
-    pub fn save(&self) -> Result<MmioTransportState, MmioError> {
-        Ok(MmioTransportState {
-            device_type: self.device.device_type(),
-            status: self.status,
-            device_features_select: self.device_features_select,
-            driver_features_select: self.driver_features_select,
-            driver_features: self.driver_features,
-            queue_select: self.queue_select,
-            queues: self.queues.iter().map(Queue::save).collect(),
-            interrupt_status: self.interrupt_status,
-            config_generation: self.config_generation,
-            device: self.device.save_state(),
-        })
-    }
-
-    /// Rebuilds a transport around a freshly constructed `device` (with its
-    /// backend) from `state`. A device that was live is activated again; a
-    /// pending interrupt is raised again, since the edge that delivered it
-    /// may not have survived the snapshot.
-    pub fn restore(
-        mem: GuestMemoryMmap,
-        interrupt: EventFd,
-        mut device: Box<dyn VirtioDevice>,
-        state: &MmioTransportState,
-    ) -> Result<Self, MmioError> {
-        let actual = device.device_type();
-        if state.device_type != actual {
-            return Err(MmioError::DeviceTypeMismatch {
-                saved: state.device_type,
-                actual,
-            });
-        }
-        let max_sizes = device.queue_max_sizes();
-        if state.queues.len() != max_sizes.len() {
-            return Err(MmioError::QueueCountMismatch {
-                saved: state.queues.len(),
-                actual: max_sizes.len(),
-            });
-        }
-        let queues = max_sizes
-            .iter()
-            .zip(&state.queues)
-            .enumerate()
-            .map(|(index, (&max, qs))| {
-                Queue::restore(max, qs, &mem).map_err(|source| MmioError::Queue { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        device
-            .restore_state(&state.device)
-            .map_err(MmioError::DeviceState)?;
-        // Before FEATURES_OK the driver may have written anything; only
-        // negotiated features must be ones this device offers.
-        if state.status & status::FEATURES_OK != 0 {
-            let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
-            if state.driver_features & !offered != 0 {
-                return Err(MmioError::FeaturesNotOffered(state.driver_features));
-            }
-            device.ack_features(state.driver_features);
-        }
-        let mut transport = Self {
-            mem,
-            interrupt,
-            device,
-            queues,
-            status: state.status,
-            device_features_select: state.device_features_select,
-            driver_features_select: state.driver_features_select,
-            driver_features: state.driver_features,
-            queue_select: state.queue_select,
-            interrupt_status: state.interrupt_status,
-            config_generation: state.config_generation,
-            activated: false,
-        };
-        let live = status::DRIVER_OK | status::FEATURES_OK;
-        if state.status & live == live && state.status & status::DEVICE_NEEDS_RESET == 0 {
-            let mut activation = Ok(());
-            transport.run_device(|device, ctx| {
-                activation = device.activate(ctx);
-                Ok(())
-            });
-            activation.map_err(MmioError::Activate)?;
-            transport.activated = true;
-        }
-        if transport.interrupt_status != 0 {
-            transport.raise_interrupt(0);
-        }
-        Ok(transport)
     }
 
     /// Lends memory and queues to the device for `f`, then interrupts the
@@ -593,6 +506,129 @@ impl MmioTransport {
             reg::STATUS => self.write_status(value),
             _ => tracing::debug!(offset, value, "write to unknown virtio-mmio register"),
         }
+    }
+}
+
+/// What a transport is restored around: the same resources as a cold boot's
+/// [`MmioTransport::new`].
+pub(crate) struct MmioTransportArgs {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's irqfd.
+    pub interrupt: EventFd,
+    /// The device, freshly built around its backend; the saved device
+    /// state is checked against it and applied.
+    pub device: Box<dyn VirtioDevice>,
+}
+
+impl Persist for MmioTransport {
+    type State = MmioTransportState;
+    type RestoreArgs<'a> = MmioTransportArgs;
+    type Error = MmioError;
+
+    /// Saves the transport and device state. The caller holds the lock and
+    /// the vCPUs are paused, so no request is half done: requests complete
+    /// within the QueueNotify write that starts them.
+    fn save(&self) -> Result<MmioTransportState, MmioError> {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, q)| {
+                q.save()
+                    .map_err(|source| MmioError::Queue { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            queues,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            device: self.device.save_state(),
+        })
+    }
+
+    /// Rebuilds a transport around a freshly constructed device (with its
+    /// backend). A device that was live is activated again; a pending
+    /// interrupt is raised again, since the edge that delivered it may not
+    /// have survived the snapshot.
+    fn restore(args: MmioTransportArgs, state: &MmioTransportState) -> Result<Self, MmioError> {
+        let MmioTransportArgs {
+            mem,
+            interrupt,
+            mut device,
+        } = args;
+        let actual = device.device_type();
+        if state.device_type != actual {
+            return Err(MmioError::DeviceTypeMismatch {
+                saved: state.device_type,
+                actual,
+            });
+        }
+        let max_sizes = device.queue_max_sizes();
+        if state.queues.len() != max_sizes.len() {
+            return Err(MmioError::QueueCountMismatch {
+                saved: state.queues.len(),
+                actual: max_sizes.len(),
+            });
+        }
+        let queues = max_sizes
+            .iter()
+            .zip(&state.queues)
+            .enumerate()
+            .map(|(index, (&max, qs))| {
+                let args = QueueArgs {
+                    max_size: max,
+                    mem: &mem,
+                };
+                Queue::restore(args, qs).map_err(|source| MmioError::Queue { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        device
+            .restore_state(&state.device)
+            .map_err(MmioError::DeviceState)?;
+        // Before FEATURES_OK the driver may have written anything; only
+        // negotiated features must be ones this device offers.
+        if state.status & status::FEATURES_OK != 0 {
+            let offered = device.avail_features() & !UNSUPPORTED_FEATURES;
+            if state.driver_features & !offered != 0 {
+                return Err(MmioError::FeaturesNotOffered(state.driver_features));
+            }
+            device.ack_features(state.driver_features);
+        }
+        let mut transport = Self {
+            mem,
+            interrupt,
+            device,
+            queues,
+            status: state.status,
+            device_features_select: state.device_features_select,
+            driver_features_select: state.driver_features_select,
+            driver_features: state.driver_features,
+            queue_select: state.queue_select,
+            interrupt_status: state.interrupt_status,
+            config_generation: state.config_generation,
+            activated: false,
+        };
+        let live = status::DRIVER_OK | status::FEATURES_OK;
+        if state.status & live == live && state.status & status::DEVICE_NEEDS_RESET == 0 {
+            let mut activation = Ok(());
+            transport.run_device(|device, ctx| {
+                activation = device.activate(ctx);
+                Ok(())
+            });
+            activation.map_err(MmioError::Activate)?;
+            transport.activated = true;
+        }
+        if transport.interrupt_status != 0 {
+            transport.raise_interrupt(0);
+        }
+        Ok(transport)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::devices::virtio::console::ConsoleState;
 use crate::devices::virtio::testutil::{
     irq, linux_probe, memory, mmio_read, mmio_write, take_interrupt, TestRing,
 };
+use crate::persist::Persist;
 
 const TEST_DEVICE_TYPE: u32 = 99;
 const LIVE: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
@@ -343,9 +344,11 @@ fn mmio_save_restore_continues_where_it_left_off() {
 
     let irq2 = irq();
     let mut t = MmioTransport::restore(
-        f.mem.clone(),
-        irq2.try_clone().unwrap(),
-        Box::new(TestDevice::new()),
+        MmioTransportArgs {
+            mem: f.mem.clone(),
+            interrupt: irq2.try_clone().unwrap(),
+            device: Box::new(TestDevice::new()),
+        },
         &state,
     )
     .unwrap();
@@ -370,8 +373,15 @@ fn mmio_save_of_configured_but_inactive_device_restores_inactive() {
     assert_eq!(st & status::DRIVER_OK, 0);
     // Half-way: driver features written, FEATURES_OK refused.
     let state = f.t.save().unwrap();
-    let mut t =
-        MmioTransport::restore(f.mem.clone(), irq(), Box::new(TestDevice::new()), &state).unwrap();
+    let mut t = MmioTransport::restore(
+        MmioTransportArgs {
+            mem: f.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(TestDevice::new()),
+        },
+        &state,
+    )
+    .unwrap();
     assert!(!t.is_activated());
     assert_eq!(mmio_read(&mut t, reg::STATUS), st);
     assert_eq!(t.save().unwrap(), state);
@@ -386,13 +396,27 @@ fn mmio_restore_rejects_mismatched_state() {
         ..state.clone()
     };
     assert!(matches!(
-        MmioTransport::restore(f.mem.clone(), irq(), Box::new(TestDevice::new()), &other),
+        MmioTransport::restore(
+            MmioTransportArgs {
+                mem: f.mem.clone(),
+                interrupt: irq(),
+                device: Box::new(TestDevice::new())
+            },
+            &other
+        ),
         Err(MmioError::DeviceTypeMismatch { saved: 7, .. })
     ));
     let mut fewer = state.clone();
     fewer.queues.pop();
     assert!(matches!(
-        MmioTransport::restore(f.mem.clone(), irq(), Box::new(TestDevice::new()), &fewer),
+        MmioTransport::restore(
+            MmioTransportArgs {
+                mem: f.mem.clone(),
+                interrupt: irq(),
+                device: Box::new(TestDevice::new())
+            },
+            &fewer
+        ),
         Err(MmioError::QueueCountMismatch {
             saved: 1,
             actual: 2
@@ -402,9 +426,11 @@ fn mmio_restore_rejects_mismatched_state() {
     bad_queue.queues[1].used_ring = 0x1_0000_0000;
     assert!(matches!(
         MmioTransport::restore(
-            f.mem.clone(),
-            irq(),
-            Box::new(TestDevice::new()),
+            MmioTransportArgs {
+                mem: f.mem.clone(),
+                interrupt: irq(),
+                device: Box::new(TestDevice::new())
+            },
             &bad_queue
         ),
         Err(MmioError::Queue { index: 1, .. })
@@ -414,7 +440,14 @@ fn mmio_restore_rejects_mismatched_state() {
         ..state.clone()
     };
     assert!(matches!(
-        MmioTransport::restore(f.mem.clone(), irq(), Box::new(TestDevice::new()), &features),
+        MmioTransport::restore(
+            MmioTransportArgs {
+                mem: f.mem.clone(),
+                interrupt: irq(),
+                device: Box::new(TestDevice::new())
+            },
+            &features
+        ),
         Err(MmioError::FeaturesNotOffered(_))
     ));
     let device = MmioTransportState {
@@ -426,7 +459,14 @@ fn mmio_restore_rejects_mismatched_state() {
         ..state
     };
     assert!(matches!(
-        MmioTransport::restore(f.mem.clone(), irq(), Box::new(TestDevice::new()), &device),
+        MmioTransport::restore(
+            MmioTransportArgs {
+                mem: f.mem.clone(),
+                interrupt: irq(),
+                device: Box::new(TestDevice::new())
+            },
+            &device
+        ),
         Err(MmioError::DeviceState(VirtioError::StateTypeMismatch))
     ));
 }

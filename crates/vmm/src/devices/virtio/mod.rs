@@ -27,15 +27,16 @@
 //!     RxOutcome::Delivered | RxOutcome::Dropped | RxOutcome::NotReady => {}
 //! }
 //!
-//! // Snapshot (vCPUs paused): transport.save()?; restore with a freshly
-//! // built device: MmioTransport::restore(mem, irqfd, Box::new(dev), &state)?
+//! // Snapshot (vCPUs paused), through `Persist`: transport.save()?; restore
+//! // with a freshly built device:
+//! // MmioTransport::restore(MmioTransportArgs { mem, interrupt, device }, &state)?
 //! ```
 
-pub mod block;
-pub mod console;
-pub mod mmio;
-pub mod net;
-pub mod queue;
+pub(crate) mod block;
+pub(crate) mod console;
+pub(crate) mod mmio;
+pub(crate) mod net;
+pub(crate) mod queue;
 #[cfg(test)]
 mod testutil;
 
@@ -43,66 +44,67 @@ use std::any::Any;
 
 use serde::{Deserialize, Serialize};
 
-pub use block::{Block, BlockError, BlockState};
-pub use console::{Console, ConsoleState};
-pub use mmio::{MmioError, MmioTransport, MmioTransportState};
-pub use net::{Net, NetBackend, NetState, RxOutcome};
-pub use queue::{QueueContext, QueueError};
+pub(crate) use block::{Block, BlockError, BlockState};
+pub(crate) use console::{Console, ConsoleState};
+pub(crate) use mmio::MmioTransportState;
+pub(crate) use mmio::{MmioError, MmioTransport};
+pub(crate) use net::{Net, NetBackend, NetState, RxOutcome};
+pub(crate) use queue::{QueueContext, QueueError};
 
 /// Virtio device ids (virtio 1.x, section 5).
-pub mod device_type {
+pub(crate) mod device_type {
     /// Network device.
-    pub const NET: u32 = 1;
+    pub(crate) const NET: u32 = 1;
     /// Block device.
-    pub const BLOCK: u32 = 2;
+    pub(crate) const BLOCK: u32 = 2;
     /// Console device.
-    pub const CONSOLE: u32 = 3;
+    pub(crate) const CONSOLE: u32 = 3;
 }
 
 /// Bits of the device status register (virtio 1.x, section 2.1). The whole
 /// table: the driver sets some bits the device never has to look at.
 #[allow(dead_code)]
-pub mod status {
+pub(crate) mod status {
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub(crate) const ACKNOWLEDGE: u32 = 1;
     /// The guest has a driver for the device.
-    pub const DRIVER: u32 = 2;
+    pub(crate) const DRIVER: u32 = 2;
     /// The driver is set up and the device is live.
-    pub const DRIVER_OK: u32 = 4;
+    pub(crate) const DRIVER_OK: u32 = 4;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub(crate) const FEATURES_OK: u32 = 8;
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub(crate) const DEVICE_NEEDS_RESET: u32 = 0x40;
     /// The driver gave up on the device.
-    pub const FAILED: u32 = 0x80;
+    pub(crate) const FAILED: u32 = 0x80;
 }
 
 /// Feature bits shared by every device type (virtio 1.x, section 6).
-pub mod features {
+pub(crate) mod features {
     /// Indirect descriptors; never offered.
-    pub const RING_INDIRECT_DESC: u32 = 28;
+    pub(crate) const RING_INDIRECT_DESC: u32 = 28;
     /// Used/avail event index suppression; never offered.
-    pub const RING_EVENT_IDX: u32 = 29;
+    pub(crate) const RING_EVENT_IDX: u32 = 29;
     /// Virtio 1.x semantics; required by the version 2 mmio transport.
-    pub const VERSION_1: u32 = 32;
+    pub(crate) const VERSION_1: u32 = 32;
 
     /// The mask of a feature bit number.
-    pub const fn bit(feature: u32) -> u64 {
+    pub(crate) const fn bit(feature: u32) -> u64 {
         1u64 << feature
     }
 }
 
 /// Bits of the mmio InterruptStatus register.
-pub mod interrupt {
+pub(crate) mod interrupt {
     /// A used ring was updated.
-    pub const VRING: u32 = 1;
+    pub(crate) const VRING: u32 = 1;
     /// The configuration (or device status) changed.
-    pub const CONFIG: u32 = 2;
+    pub(crate) const CONFIG: u32 = 2;
 }
 
 /// Errors of a device's own life cycle (activation and state restore).
 #[derive(Debug, thiserror::Error)]
-pub enum VirtioError {
+pub(crate) enum VirtioError {
     /// The driver activated a device without a queue it must have.
     #[error("queue {index} is not ready at activation")]
     QueueNotReady {
@@ -119,7 +121,7 @@ pub enum VirtioError {
 
 /// The saved state of one device, as held in [`MmioTransportState`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceState {
+pub(crate) enum DeviceState {
     /// A virtio-blk device.
     Block(BlockState),
     /// A virtio-console device.
@@ -133,7 +135,7 @@ pub enum DeviceState {
 /// All methods are called with the transport's lock held, from the vCPU
 /// thread (register accesses, queue notifications) or from the thread that
 /// feeds host-side input (see [`MmioTransport::with_device`]).
-pub trait VirtioDevice: Send {
+pub(crate) trait VirtioDevice: Send {
     /// The virtio device id ([`device_type`]).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
@@ -156,9 +158,13 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: forget activation and negotiated
     /// features, keep the backend.
     fn reset(&mut self);
-    /// The device's own state (queues are saved by the transport).
+    /// The device's own state (queues are saved by the transport). The
+    /// device's half of the transport's `Persist::save`: a trait object
+    /// cannot be `Persist` itself.
     fn save_state(&self) -> DeviceState;
-    /// Applies a saved state to a freshly constructed device.
+    /// Checks a saved state against this freshly constructed device (built
+    /// around its backend as for a cold boot) and takes it over: the
+    /// device's half of the transport's `Persist::restore`.
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError>;
     /// For [`MmioTransport::with_device`], which needs the concrete type.
     fn as_any_mut(&mut self) -> &mut dyn Any;

@@ -32,20 +32,20 @@ use super::queue::{DescriptorChain, QueueContext, QueueError};
 use super::{device_type, features, read_config_bytes, DeviceState, VirtioDevice, VirtioError};
 
 /// Size of each queue.
-pub const NET_QUEUE_SIZE: u16 = 256;
+pub(crate) const NET_QUEUE_SIZE: u16 = 256;
 /// Feature: the MAC address in config space is valid.
-pub const VIRTIO_NET_F_MAC: u32 = 5;
+pub(crate) const VIRTIO_NET_F_MAC: u32 = 5;
 /// Feature: the link status in config space is valid.
-pub const VIRTIO_NET_F_STATUS: u32 = 16;
+pub(crate) const VIRTIO_NET_F_STATUS: u32 = 16;
 /// Config status bit: the link is up.
-pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+pub(crate) const VIRTIO_NET_S_LINK_UP: u16 = 1;
 /// Length of `struct virtio_net_hdr_v1`.
-pub const NET_HDR_LEN: usize = 12;
+pub(crate) const NET_HDR_LEN: usize = 12;
 /// Shortest frame: an Ethernet header.
-pub const MIN_FRAME_LEN: usize = 14;
+pub(crate) const MIN_FRAME_LEN: usize = 14;
 /// Longest frame: Ethernet header and a 1500-byte payload (no VLAN tag
 /// room, as Linux's default MTU leaves none either).
-pub const MAX_FRAME_LEN: usize = 1514;
+pub(crate) const MAX_FRAME_LEN: usize = 1514;
 
 const RECEIVEQ: usize = 0;
 const TRANSMITQ: usize = 1;
@@ -60,7 +60,7 @@ const HDR_NUM_BUFFERS: usize = 10;
 /// Both methods are called with the device's transport locked, so they must
 /// neither block nor call back into the transport (that would deadlock):
 /// queue the frame or set a flag and let the stack's own thread act on it.
-pub trait NetBackend: Send {
+pub(crate) trait NetBackend: Send {
     /// The guest transmitted one Ethernet frame (virtio header already
     /// stripped). Called on the vCPU thread; must not block.
     fn transmit(&mut self, frame: &[u8]);
@@ -73,7 +73,7 @@ pub trait NetBackend: Send {
 
 /// What became of a frame offered to the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RxOutcome {
+pub(crate) enum RxOutcome {
     /// The frame is in a receive buffer and the guest was interrupted.
     Delivered,
     /// No receive buffer is posted. The frame was not taken: keep it and
@@ -95,7 +95,7 @@ pub enum RxOutcome {
 /// Why a single frame or buffer was refused. None of these is a device
 /// error: the frame is dropped and the queue moves on.
 #[derive(Debug, thiserror::Error)]
-pub enum NetError {
+pub(crate) enum NetError {
     /// A transmit chain has device-writable buffers.
     #[error("transmit buffer has {0} device-writable bytes")]
     WritableTransmitBuffer(u32),
@@ -124,7 +124,7 @@ pub enum NetError {
 /// Saved state of a net device: what the guest saw and agreed to. Frames in
 /// flight live in the backend, not here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetState {
+pub(crate) struct NetState {
     /// The MAC address in config space.
     pub mac: [u8; 6],
     /// Features the driver accepted.
@@ -134,7 +134,7 @@ pub struct NetState {
 /// Frame counters since the device was built (they survive a driver reset
 /// but not a snapshot).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetCounters {
+pub(crate) struct NetCounters {
     /// Frames handed to the backend.
     pub tx_frames: u64,
     /// Transmit chains dropped: malformed, wrong length, writable buffers,
@@ -148,7 +148,7 @@ pub struct NetCounters {
 }
 
 /// A virtio network device.
-pub struct Net {
+pub(crate) struct Net {
     mac: [u8; 6],
     backend: Box<dyn NetBackend>,
     acked_features: u64,
@@ -163,7 +163,7 @@ pub struct Net {
 impl Net {
     /// A device with address `mac` whose frames go to and come from
     /// `backend`.
-    pub fn new(mac: [u8; 6], backend: Box<dyn NetBackend>) -> Self {
+    pub(crate) fn new(mac: [u8; 6], backend: Box<dyn NetBackend>) -> Self {
         Self {
             mac,
             backend,
@@ -177,26 +177,26 @@ impl Net {
 
     /// The MAC address.
     #[cfg(test)]
-    pub fn mac(&self) -> [u8; 6] {
+    pub(crate) fn mac(&self) -> [u8; 6] {
         self.mac
     }
 
     /// Features negotiated with the driver.
     #[cfg(test)]
-    pub fn acked_features(&self) -> u64 {
+    pub(crate) fn acked_features(&self) -> u64 {
         self.acked_features
     }
 
     /// Frame counters.
     #[cfg(test)]
-    pub fn counters(&self) -> NetCounters {
+    pub(crate) fn counters(&self) -> NetCounters {
         self.counters
     }
 
     /// Copies `frame` (a bare Ethernet frame, without virtio header) into
     /// the next posted receive chain. See [`RxOutcome`] for what the caller
     /// does next; [`MmioTransport::net_push_frame`] interrupts the guest.
-    pub fn push_frame(&mut self, ctx: &mut QueueContext<'_>, frame: &[u8]) -> RxOutcome {
+    pub(crate) fn push_frame(&mut self, ctx: &mut QueueContext<'_>, frame: &[u8]) -> RxOutcome {
         if !self.activated || !ctx.queue(RECEIVEQ).is_ok_and(|q| q.ready()) {
             return RxOutcome::NotReady;
         }
@@ -446,13 +446,13 @@ fn format_mac(mac: &[u8; 6]) -> String {
 impl MmioTransport {
     /// [`Net::push_frame`] through the transport, which interrupts the
     /// guest if a receive chain was used.
-    pub fn net_push_frame(&mut self, frame: &[u8]) -> Result<RxOutcome, MmioError> {
+    pub(crate) fn net_push_frame(&mut self, frame: &[u8]) -> Result<RxOutcome, MmioError> {
         self.with_device_of(|net: &mut Net, ctx| net.push_frame(ctx, frame))
     }
 
     /// [`Net::counters`] through the transport.
     #[cfg(test)]
-    pub fn net_counters(&mut self) -> Result<NetCounters, MmioError> {
+    pub(crate) fn net_counters(&mut self) -> Result<NetCounters, MmioError> {
         self.device_of::<Net>().map(|net| net.counters())
     }
 }

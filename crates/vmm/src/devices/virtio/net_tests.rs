@@ -9,12 +9,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::{reg, MmioTransportState, MMIO_CONFIG_OFFSET};
+use crate::devices::virtio::mmio::{
+    reg, MmioTransportArgs, MmioTransportState, MMIO_CONFIG_OFFSET,
+};
 use crate::devices::virtio::status;
 use crate::devices::virtio::testutil::{
     irq, linux_probe, memory, mmio_read, mmio_write, take_interrupt, TestRing,
 };
 use crate::devices::BusDevice;
+use crate::persist::Persist;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const RX_BUF: u64 = 0x10000;
@@ -182,9 +185,11 @@ impl Fixture {
         self.backend = Recorder::default();
         let fresh = Net::new(MAC, Box::new(self.backend.clone()));
         self.t = MmioTransport::restore(
-            self.mem.clone(),
-            self.irq.try_clone().unwrap(),
-            Box::new(fresh),
+            MmioTransportArgs {
+                mem: self.mem.clone(),
+                interrupt: self.irq.try_clone().unwrap(),
+                device: Box::new(fresh),
+            },
             &state,
         )
         .unwrap();
@@ -622,9 +627,16 @@ fn net_restore_refuses_another_mac_or_device() {
     let f = net();
     let state = f.t.save().unwrap();
     let other = Net::new([2, 0, 0, 0, 0, 1], Box::new(Recorder::default()));
-    let err = MmioTransport::restore(f.mem.clone(), irq(), Box::new(other), &state)
-        .err()
-        .unwrap();
+    let err = MmioTransport::restore(
+        MmioTransportArgs {
+            mem: f.mem.clone(),
+            interrupt: irq(),
+            device: Box::new(other),
+        },
+        &state,
+    )
+    .err()
+    .unwrap();
     assert!(matches!(
         err,
         MmioError::DeviceState(VirtioError::StateMismatch(_))

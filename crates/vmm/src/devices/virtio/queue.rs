@@ -13,12 +13,14 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
+use crate::persist::Persist;
+
 /// Descriptor flag: the chain continues at `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+pub(crate) const VIRTQ_DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer (otherwise it reads it).
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub(crate) const VIRTQ_DESC_F_WRITE: u16 = 2;
 /// Descriptor flag: the buffer holds an indirect table (not negotiated).
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+pub(crate) const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 const DESCRIPTOR_SIZE: u64 = 16;
 const USED_ELEM_SIZE: u64 = 8;
@@ -27,7 +29,7 @@ const RING_HEADER: u64 = 4;
 
 /// Which of the three areas of a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ring {
+pub(crate) enum Ring {
     /// The descriptor table.
     Descriptors,
     /// The driver area (available ring).
@@ -38,7 +40,7 @@ pub enum Ring {
 
 /// What went wrong with a queue or one of its descriptor chains.
 #[derive(Debug, thiserror::Error)]
-pub enum QueueError {
+pub(crate) enum QueueError {
     /// The queue was used before the driver set it ready.
     #[error("queue is not ready")]
     NotReady,
@@ -143,7 +145,7 @@ pub enum QueueError {
 
 /// One checked descriptor of a chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     /// Guest address of the buffer (the whole buffer is in guest memory).
     pub addr: GuestAddress,
     /// Length of the buffer, never zero.
@@ -154,7 +156,7 @@ pub struct Descriptor {
 
 /// A validated descriptor chain: readable descriptors first, then writable.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DescriptorChain {
+pub(crate) struct DescriptorChain {
     head: u16,
     descriptors: Vec<Descriptor>,
     readable_len: u32,
@@ -163,29 +165,29 @@ pub struct DescriptorChain {
 
 impl DescriptorChain {
     /// Index of the head descriptor, the id returned in the used ring.
-    pub fn head(&self) -> u16 {
+    pub(crate) fn head(&self) -> u16 {
         self.head
     }
 
     /// The descriptors, in chain order.
     #[cfg(test)]
-    pub fn descriptors(&self) -> &[Descriptor] {
+    pub(crate) fn descriptors(&self) -> &[Descriptor] {
         &self.descriptors
     }
 
     /// Total bytes the device may read.
-    pub fn readable_len(&self) -> u32 {
+    pub(crate) fn readable_len(&self) -> u32 {
         self.readable_len
     }
 
     /// Total bytes the device may write.
-    pub fn writable_len(&self) -> u32 {
+    pub(crate) fn writable_len(&self) -> u32 {
         self.writable_len
     }
 
     /// Reads `buf.len()` bytes at `offset` of the readable part, which is
     /// seen as one contiguous byte string across its descriptors.
-    pub fn read_at(
+    pub(crate) fn read_at(
         &self,
         mem: &GuestMemoryMmap,
         offset: u64,
@@ -201,7 +203,7 @@ impl DescriptorChain {
 
     /// Writes `buf` at `offset` of the writable part, seen as one contiguous
     /// byte string across its descriptors.
-    pub fn write_at(
+    pub(crate) fn write_at(
         &self,
         mem: &GuestMemoryMmap,
         offset: u64,
@@ -271,7 +273,7 @@ impl DescriptorChain {
 
 /// Serializable state of one queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueState {
+pub(crate) struct QueueState {
     /// Queue size chosen by the driver.
     pub size: u16,
     /// Whether the driver set QueueReady.
@@ -288,9 +290,56 @@ pub struct QueueState {
     pub next_used: u16,
 }
 
+/// What a queue is restored into: its device's maximum size, and the
+/// guest memory its saved addresses are checked against.
+pub(crate) struct QueueArgs<'a> {
+    /// The device's maximum size for this queue.
+    pub max_size: u16,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl Persist for Queue {
+    type State = QueueState;
+    type RestoreArgs<'a> = QueueArgs<'a>;
+    type Error = QueueError;
+
+    /// Never fails.
+    fn save(&self) -> Result<QueueState, QueueError> {
+        Ok(QueueState {
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table.0,
+            avail_ring: self.avail_ring.0,
+            used_ring: self.used_ring.0,
+            next_avail: self.next_avail.0,
+            next_used: self.next_used.0,
+        })
+    }
+
+    /// The state is checked like driver-written values (see
+    /// [`Queue::validate`]) when the queue was ready.
+    fn restore(args: QueueArgs<'_>, state: &QueueState) -> Result<Self, QueueError> {
+        let queue = Self {
+            max_size: args.max_size,
+            size: state.size,
+            ready: state.ready,
+            desc_table: GuestAddress(state.desc_table),
+            avail_ring: GuestAddress(state.avail_ring),
+            used_ring: GuestAddress(state.used_ring),
+            next_avail: Wrapping(state.next_avail),
+            next_used: Wrapping(state.next_used),
+        };
+        if queue.ready {
+            queue.validate(args.mem)?;
+        }
+        Ok(queue)
+    }
+}
+
 /// One split virtqueue, device side.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Queue {
+pub(crate) struct Queue {
     max_size: u16,
     size: u16,
     ready: bool,
@@ -303,7 +352,7 @@ pub struct Queue {
 
 impl Queue {
     /// A queue in reset state with room for `max_size` entries.
-    pub fn new(max_size: u16) -> Self {
+    pub(crate) fn new(max_size: u16) -> Self {
         Self {
             max_size,
             size: max_size,
@@ -316,69 +365,33 @@ impl Queue {
         }
     }
 
-    /// Rebuilds a queue from saved state; the state is checked like
-    /// driver-written values (see [`Self::validate`]) when ready.
-    pub fn restore(
-        max_size: u16,
-        state: &QueueState,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Self, QueueError> {
-        let queue = Self {
-            max_size,
-            size: state.size,
-            ready: state.ready,
-            desc_table: GuestAddress(state.desc_table),
-            avail_ring: GuestAddress(state.avail_ring),
-            used_ring: GuestAddress(state.used_ring),
-            next_avail: Wrapping(state.next_avail),
-            next_used: Wrapping(state.next_used),
-        };
-        if queue.ready {
-            queue.validate(mem)?;
-        }
-        Ok(queue)
-    }
-
-    /// The state to save.
-    pub fn save(&self) -> QueueState {
-        QueueState {
-            size: self.size,
-            ready: self.ready,
-            desc_table: self.desc_table.0,
-            avail_ring: self.avail_ring.0,
-            used_ring: self.used_ring.0,
-            next_avail: self.next_avail.0,
-            next_used: self.next_used.0,
-        }
-    }
-
     /// Maximum size offered to the driver.
-    pub fn max_size(&self) -> u16 {
+    pub(crate) fn max_size(&self) -> u16 {
         self.max_size
     }
 
     /// Size chosen by the driver (not validated until [`Self::validate`]).
-    pub fn size(&self) -> u16 {
+    pub(crate) fn size(&self) -> u16 {
         self.size
     }
 
     /// Whether the driver set the queue ready.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.ready
     }
 
     /// QueueNum register.
-    pub fn set_size(&mut self, size: u16) {
+    pub(crate) fn set_size(&mut self, size: u16) {
         self.size = size;
     }
 
     /// QueueReady register.
-    pub fn set_ready(&mut self, ready: bool) {
+    pub(crate) fn set_ready(&mut self, ready: bool) {
         self.ready = ready;
     }
 
     /// Address of a ring.
-    pub fn ring_addr(&self, ring: Ring) -> GuestAddress {
+    pub(crate) fn ring_addr(&self, ring: Ring) -> GuestAddress {
         match ring {
             Ring::Descriptors => self.desc_table,
             Ring::Avail => self.avail_ring,
@@ -388,7 +401,7 @@ impl Queue {
 
     /// Sets the low (`high == false`) or high half of a ring address, as
     /// the mmio Queue{Desc,Driver,Device}{Low,High} registers do.
-    pub fn set_ring_addr_half(&mut self, ring: Ring, high: bool, value: u32) {
+    pub(crate) fn set_ring_addr_half(&mut self, ring: Ring, high: bool, value: u32) {
         let addr = match ring {
             Ring::Descriptors => &mut self.desc_table,
             Ring::Avail => &mut self.avail_ring,
@@ -402,7 +415,7 @@ impl Queue {
     }
 
     /// Back to the state after device reset.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = Self::new(self.max_size);
     }
 
@@ -418,7 +431,7 @@ impl Queue {
     }
 
     /// Checks size, alignment and placement in memory of all three rings.
-    pub fn validate(&self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+    pub(crate) fn validate(&self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
         if self.size == 0 || !self.size.is_power_of_two() || self.size > self.max_size {
             return Err(QueueError::InvalidSize {
                 size: self.size,
@@ -460,7 +473,7 @@ impl Queue {
 
     /// Takes the next available head index, or `None` if the ring is empty.
     /// The head is not checked here; [`Self::read_chain`] checks it.
-    pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueError> {
+    pub(crate) fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueError> {
         if !self.ready {
             return Err(QueueError::NotReady);
         }
@@ -484,7 +497,7 @@ impl Queue {
     }
 
     /// Whether the driver has made buffers available that were not taken.
-    pub fn has_available(&self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    pub(crate) fn has_available(&self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
         if !self.ready {
             return Ok(false);
         }
@@ -509,7 +522,7 @@ impl Queue {
     }
 
     /// Walks and checks the chain starting at `head`.
-    pub fn read_chain(
+    pub(crate) fn read_chain(
         &self,
         mem: &GuestMemoryMmap,
         head: u16,
@@ -573,7 +586,7 @@ impl Queue {
     }
 
     /// Returns a chain to the driver with `len` bytes written into it.
-    pub fn add_used(
+    pub(crate) fn add_used(
         &mut self,
         mem: &GuestMemoryMmap,
         head: u16,
@@ -600,7 +613,7 @@ impl Queue {
 /// What the transport lends a device while it works: guest memory and the
 /// queues. Records whether a used ring changed so the transport knows to
 /// interrupt the guest afterwards.
-pub struct QueueContext<'a> {
+pub(crate) struct QueueContext<'a> {
     mem: &'a GuestMemoryMmap,
     queues: &'a mut [Queue],
     used_updated: bool,
@@ -610,7 +623,7 @@ pub struct QueueContext<'a> {
 
 impl<'a> QueueContext<'a> {
     /// Lends `mem` and `queues`.
-    pub fn new(mem: &'a GuestMemoryMmap, queues: &'a mut [Queue]) -> Self {
+    pub(crate) fn new(mem: &'a GuestMemoryMmap, queues: &'a mut [Queue]) -> Self {
         Self {
             mem,
             queues,
@@ -621,12 +634,12 @@ impl<'a> QueueContext<'a> {
     }
 
     /// Guest memory.
-    pub fn mem(&self) -> &'a GuestMemoryMmap {
+    pub(crate) fn mem(&self) -> &'a GuestMemoryMmap {
         self.mem
     }
 
     /// Queue `index`.
-    pub fn queue(&mut self, index: usize) -> Result<&mut Queue, QueueError> {
+    pub(crate) fn queue(&mut self, index: usize) -> Result<&mut Queue, QueueError> {
         self.queues
             .get_mut(index)
             .ok_or(QueueError::NoSuchQueue(index))
@@ -637,7 +650,10 @@ impl<'a> QueueContext<'a> {
     /// error means the queue itself is broken. After a queue's worth of
     /// malformed chains in one call it gives up (`None`) until the next
     /// call, so a guest cannot keep the caller busy.
-    pub fn pop_chain(&mut self, index: usize) -> Result<Option<DescriptorChain>, QueueError> {
+    pub(crate) fn pop_chain(
+        &mut self,
+        index: usize,
+    ) -> Result<Option<DescriptorChain>, QueueError> {
         let mem = self.mem;
         let attempts = usize::from(self.queue(index)?.size()) + 1;
         for _ in 0..attempts {
@@ -663,13 +679,13 @@ impl<'a> QueueContext<'a> {
     }
 
     /// Whether queue `index` has chains waiting.
-    pub fn has_available(&mut self, index: usize) -> Result<bool, QueueError> {
+    pub(crate) fn has_available(&mut self, index: usize) -> Result<bool, QueueError> {
         let mem = self.mem;
         self.queue(index)?.has_available(mem)
     }
 
     /// Returns a chain to the driver with `len` bytes written.
-    pub fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<(), QueueError> {
+    pub(crate) fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<(), QueueError> {
         let mem = self.mem;
         self.queue(index)?.add_used(mem, head, len)?;
         self.used_updated = true;
@@ -677,24 +693,24 @@ impl<'a> QueueContext<'a> {
     }
 
     /// Whether any used ring changed since this context was made.
-    pub fn used_updated(&self) -> bool {
+    pub(crate) fn used_updated(&self) -> bool {
         self.used_updated
     }
 
     /// Records that a queue is broken beyond one request, for work that
     /// has no error path of its own (host-side input); the transport then
     /// marks the device as needing a reset.
-    pub fn report_broken(&mut self, err: QueueError) {
+    pub(crate) fn report_broken(&mut self, err: QueueError) {
         self.broken.get_or_insert(err);
     }
 
     /// The first error given to [`Self::report_broken`].
-    pub fn take_broken(&mut self) -> Option<QueueError> {
+    pub(crate) fn take_broken(&mut self) -> Option<QueueError> {
         self.broken.take()
     }
 
     /// How many malformed chains were rejected.
-    pub fn rejected_chains(&self) -> u64 {
+    pub(crate) fn rejected_chains(&self) -> u64 {
         self.rejected_chains
     }
 }

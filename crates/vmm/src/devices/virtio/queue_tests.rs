@@ -4,6 +4,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::devices::virtio::testutil::{memory, TestRing, MEM_SIZE};
+use crate::persist::Persist;
 
 const SIZE: u16 = 8;
 const DATA: u64 = 0x8000;
@@ -245,13 +246,15 @@ fn queue_rejects_avail_index_jump_beyond_size() {
 fn queue_handles_index_wraparound() {
     let (mem, mut ring, _) = setup();
     let mut queue = Queue::restore(
-        SIZE,
+        QueueArgs {
+            max_size: SIZE,
+            mem: &mem,
+        },
         &QueueState {
             next_avail: u16::MAX,
             next_used: u16::MAX,
-            ..ring.queue(SIZE).save()
+            ..ring.queue(SIZE).save().unwrap()
         },
-        &mem,
     )
     .unwrap();
     ring.skip_to(&mem, u16::MAX);
@@ -368,15 +371,19 @@ fn queue_state_round_trips() {
     let (mem, mut ring, mut queue) = setup();
     ring.push_chain(&mem, &[(DATA, 4, true)]);
     pop_chain(&mem, &mut queue).unwrap();
-    let state = queue.save();
+    let state = queue.save().unwrap();
     let json = serde_json::to_string(&state).unwrap();
     let back: QueueState = serde_json::from_str(&json).unwrap();
-    assert_eq!(Queue::restore(SIZE, &back, &mem).unwrap(), queue);
+    let args = || QueueArgs {
+        max_size: SIZE,
+        mem: &mem,
+    };
+    assert_eq!(Queue::restore(args(), &back).unwrap(), queue);
     let bad = QueueState {
         size: SIZE * 2,
         ..state
     };
-    assert!(Queue::restore(SIZE, &bad, &mem).is_err());
+    assert!(Queue::restore(args(), &bad).is_err());
 }
 
 #[test]

@@ -11,18 +11,18 @@ use super::status;
 use crate::devices::BusDevice;
 
 /// Size of the test guest memory.
-pub const MEM_SIZE: usize = 0x10_0000;
+pub(super) const MEM_SIZE: usize = 0x10_0000;
 
 /// 1 MiB of guest memory at address 0.
-pub fn memory() -> GuestMemoryMmap {
+pub(super) fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
 /// A buffer of a chain: (guest address, length, device-writable).
-pub type Buf = (u64, u32, bool);
+pub(super) type Buf = (u64, u32, bool);
 
 /// The driver's view of one queue.
-pub struct TestRing {
+pub(super) struct TestRing {
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
@@ -34,7 +34,7 @@ pub struct TestRing {
 
 impl TestRing {
     /// Rings for a queue of `size` laid out from `base`.
-    pub fn new(base: u64, size: u16) -> Self {
+    pub(super) fn new(base: u64, size: u16) -> Self {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
@@ -50,7 +50,7 @@ impl TestRing {
     }
 
     /// A device-side queue set up as a driver would.
-    pub fn queue(&self, max_size: u16) -> Queue {
+    pub(super) fn queue(&self, max_size: u16) -> Queue {
         use super::queue::Ring;
         let mut q = Queue::new(max_size);
         q.set_size(self.size);
@@ -67,7 +67,7 @@ impl TestRing {
     }
 
     /// Writes descriptor `index` verbatim.
-    pub fn write_desc(
+    pub(super) fn write_desc(
         &self,
         mem: &GuestMemoryMmap,
         index: u16,
@@ -86,7 +86,7 @@ impl TestRing {
     }
 
     /// Puts `head` in the available ring and bumps the index.
-    pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+    pub(super) fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
             .unwrap();
@@ -95,13 +95,13 @@ impl TestRing {
     }
 
     /// Writes the available index directly (for hostile tests).
-    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+    pub(super) fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
         mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
     /// Writes a well-linked chain of `bufs` into free descriptors and
     /// publishes it; returns the head index.
-    pub fn push_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[Buf]) -> u16 {
+    pub(super) fn push_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[Buf]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
             let index = self.next_desc;
@@ -119,7 +119,7 @@ impl TestRing {
 
     /// Moves both ring indices to `idx`, as if that many chains had been
     /// published and used.
-    pub fn skip_to(&mut self, mem: &GuestMemoryMmap, idx: u16) {
+    pub(super) fn skip_to(&mut self, mem: &GuestMemoryMmap, idx: u16) {
         self.avail_idx = idx;
         self.used_seen = idx;
         self.set_avail_idx(mem, idx);
@@ -127,12 +127,12 @@ impl TestRing {
     }
 
     /// Used ring index as written by the device.
-    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+    pub(super) fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap()
     }
 
     /// Used elements (id, len) added since the last call.
-    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+    pub(super) fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
         let idx = self.used_idx(mem);
         let mut out = Vec::new();
         while self.used_seen != idx {
@@ -148,21 +148,21 @@ impl TestRing {
 }
 
 /// Reads a 32-bit mmio register.
-pub fn mmio_read(dev: &mut dyn BusDevice, offset: u64) -> u32 {
+pub(super) fn mmio_read(dev: &mut dyn BusDevice, offset: u64) -> u32 {
     let mut data = [0u8; 4];
     dev.read(offset, &mut data);
     u32::from_le_bytes(data)
 }
 
 /// Writes a 32-bit mmio register.
-pub fn mmio_write(dev: &mut dyn BusDevice, offset: u64, value: u32) {
+pub(super) fn mmio_write(dev: &mut dyn BusDevice, offset: u64, value: u32) {
     dev.write(offset, &value.to_le_bytes());
 }
 
 /// Probes a virtio-mmio device the way Linux 6.1 virtio_mmio does, up to
 /// and including DRIVER_OK; `accept` picks the driver features from the
 /// offered ones. Returns the final status register.
-pub fn linux_probe(
+pub(super) fn linux_probe(
     dev: &mut dyn BusDevice,
     accept: impl Fn(u64) -> u64,
     rings: &[&TestRing],
@@ -211,7 +211,7 @@ pub fn linux_probe(
 
 /// Handles an interrupt as Linux vm_interrupt does: reads and acks the
 /// status; returns it (0 if the line was not raised).
-pub fn take_interrupt(dev: &mut dyn BusDevice, irq: &EventFd) -> u32 {
+pub(super) fn take_interrupt(dev: &mut dyn BusDevice, irq: &EventFd) -> u32 {
     if irq.read().is_err() {
         return 0;
     }
@@ -221,6 +221,6 @@ pub fn take_interrupt(dev: &mut dyn BusDevice, irq: &EventFd) -> u32 {
 }
 
 /// A non-blocking eventfd standing in for the irqfd.
-pub fn irq() -> EventFd {
+pub(super) fn irq() -> EventFd {
     EventFd::new(libc::EFD_NONBLOCK).unwrap()
 }
