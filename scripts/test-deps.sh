@@ -8,7 +8,9 @@
 #     files; umoci comes along for building test layouts by hand when
 #     debugging (the tests write their layouts themselves);
 #   - openssl: the token-auth test signs its JWTs with it;
-#   - e2fsprogs: mkfs.ext4 turns an image's tree into an ext4 file.
+#   - e2fsprogs: mkfs.ext4 turns an image's tree into an ext4 file;
+#   - libssl-dev, pkg-config: the registry client links OpenSSL (native-tls);
+#   - debootstrap: guest/image/build-python-oci.sh builds the example image.
 set -eu
 
 PYTHON=${PYTHON:-python3}
@@ -23,6 +25,7 @@ for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci \
         missing="$missing $pkg"
     fi
 done
+[ -f /usr/include/openssl/ssl.h ] || missing="$missing libssl-dev"
 [ -z "$missing" ] && exit 0
 
 # The docker-registry package starts its service from its postinst; in a

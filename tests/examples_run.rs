@@ -13,6 +13,56 @@ use common::{report, require_kvm, sbxrun_exe, serve, step, text};
 /// The port examples/egress.yaml fetches from (see its header).
 const EGRESS_EXAMPLE_PORT: u16 = 18713;
 
+/// The registry examples/python.yaml pulls from, as `make demo` sets it up:
+/// the project's own scripts start it (its storage in a directory of this
+/// test's) and push the Debian + python3 image; dropping it stops it.
+struct ExampleRegistry {
+    cache: tempfile::TempDir,
+}
+
+impl ExampleRegistry {
+    fn start() -> ExampleRegistry {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let build = Command::new("bash")
+            .arg(root.join("guest/image/build-python-oci.sh"))
+            .output()
+            .expect("cannot build the python image");
+        assert!(
+            build.status.success(),
+            "python image: {}",
+            text(&build.stderr)
+        );
+        let layout = text(&build.stdout).trim().to_owned();
+        let reg = ExampleRegistry {
+            cache: tempfile::tempdir().unwrap(),
+        };
+        for args in [vec!["start"], vec!["push", &layout, "library/python:3.11"]] {
+            let o = reg.script(&args);
+            assert!(
+                o.status.success(),
+                "local-registry.sh {args:?}: {}",
+                text(&o.stderr)
+            );
+        }
+        reg
+    }
+
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-registry.sh"))
+            .args(args)
+            .env("SBXRUN_CACHE_DIR", self.cache.path())
+            .output()
+            .expect("cannot run scripts/local-registry.sh")
+    }
+}
+
+impl Drop for ExampleRegistry {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -31,6 +81,7 @@ fn every_example_runs_green_end_to_end() {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/words.txt"))
             .expect("examples/data/words.txt");
     let server = serve(words.clone(), EGRESS_EXAMPLE_PORT);
+    let _registry = ExampleRegistry::start();
     let examples = examples();
     assert!(examples.len() >= 5, "{examples:?}");
     for example in &examples {
@@ -66,6 +117,12 @@ fn every_example_runs_green_end_to_end() {
             out.path().join("junit.xml").is_file(),
             "{name}: no junit.xml"
         );
+        if example.ends_with("python.yaml") {
+            let version = std::fs::read_to_string(out.path().join("logs/version.log")).unwrap();
+            assert!(version.trim().starts_with("out| 3."), "{version}");
+            let hello = std::fs::read_to_string(out.path().join("logs/hello.log")).unwrap();
+            assert!(hello.contains("hello from python"), "{hello}");
+        }
         if example.ends_with("egress.yaml") {
             let fetched = std::fs::read(out.path().join("artifacts/fetch/out/words.txt"))
                 .expect("the fetch step's download");
