@@ -79,6 +79,20 @@ fn the_vcpu_filter_kills_an_open_and_the_report_names_the_vcpu_thread() {
 }
 
 #[test]
+fn the_network_threads_filter_kills_an_open_and_the_report_names_the_net_thread() {
+    // The thread that parses the guest's frames may not open files (nor
+    // take snapshots), though the VMM thread's filter would let it.
+    let exit = selftest(&["--net", "open-host-file"]);
+    assert_eq!(
+        exit,
+        VmExit::SeccompViolation {
+            syscall: "openat".into(),
+            thread: "net".into()
+        }
+    );
+}
+
+#[test]
 fn without_seccomp_the_other_layers_still_refuse_each_escape() {
     let expect = [
         (Probe::OpenHostFile, "No such file"),

@@ -56,8 +56,11 @@ pub struct JailSelftestArgs {
     /// open-host-file, inet-socket, ptrace, execve, mount, setuid, unlisted-syscall
     pub probe: sbxrun_jail::selftest::Probe,
     /// Run the probe on a vCPU-kind thread (its filter) instead of the main one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "net")]
     pub vcpu: bool,
+    /// Run the probe on a network-kind thread (its filter).
+    #[arg(long)]
+    pub net: bool,
     /// Leave the seccomp filter off, to test the layers underneath it.
     #[arg(long)]
     pub layers: bool,
@@ -147,6 +150,8 @@ fn run_vmm(selftest: Option<JailSelftestArgs>) -> CliResult {
                 drop(net);
                 let kind = if args.vcpu {
                     ThreadKind::Vcpu
+                } else if args.net {
+                    ThreadKind::Net
                 } else {
                     ThreadKind::Vmm
                 };
