@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::units::{format_age, format_bytes};
 use crate::errors::{CliError, CliResult, EXIT_INFRA, EXIT_OK};
+use sbxrun_image::Store;
 use sbxrun_runner::assets;
 use sbxrun_runner::errors::chain;
 use sbxrun_runner::pool::cache::{
@@ -30,9 +31,10 @@ pub enum CacheCommand {
     /// List the VM snapshots, their state and size, and the space taken by
     /// guest assets and scratch.
     Ls(LsArgs),
-    /// Remove snapshots (rebuilt on demand); with --all also the built guest
-    /// assets and scratch. Run it while no job is running: a running job
-    /// restores its VMs from these snapshots.
+    /// Remove snapshots (rebuilt on demand); with --images the container
+    /// images instead of snapshots; with --all also the built guest assets,
+    /// container images and scratch. Run it while no job is running: a
+    /// running job restores its VMs from these snapshots.
     Clean(CleanArgs),
 }
 
@@ -50,10 +52,14 @@ pub struct CleanArgs {
     /// Remove only stale and damaged snapshots and abandoned builds.
     #[arg(long, conflicts_with = "all")]
     pub stale: bool,
-    /// Also remove the built guest assets (`make assets` rebuilds them) and
-    /// the scratch of finished runs.
+    /// Also remove the built guest assets (`make assets` rebuilds them),
+    /// the container images and the scratch of finished runs.
     #[arg(long)]
     pub all: bool,
+    /// Remove the pulled container images and their blobs (pulled again on
+    /// demand), and nothing else: snapshots and the guest kernel stay.
+    #[arg(long, conflicts_with_all = ["all", "stale"])]
+    pub images: bool,
     /// Print what would be removed and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -65,8 +71,86 @@ pub fn run(args: CacheArgs) -> CliResult {
     let inv = cache::scan(&dir).map_err(|e| CliError::infra(&e))?;
     match args.command {
         CacheCommand::Ls(a) => ls(&inv, a.json),
-        CacheCommand::Clean(a) => clean(&inv, &a),
+        CacheCommand::Clean(a) if a.images => clean_images(a.dry_run),
+        CacheCommand::Clean(a) => {
+            let code = clean(&inv, &a)?;
+            if a.all {
+                clean_images(a.dry_run)?;
+            }
+            Ok(code)
+        }
     }
+}
+
+/// The container image store, if anything was ever pulled.
+fn image_store() -> Result<Option<Store>, CliError> {
+    let dir = super::image::image_cache();
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    Store::open(&dir)
+        .map(Some)
+        .map_err(|e| CliError::Infra(format!("image cache {}: {e}", dir.display())))
+}
+
+/// Removes every container image and the blobs left without one.
+fn clean_images(dry_run: bool) -> CliResult {
+    let Some(store) = image_store()? else {
+        outln!("no container images");
+        return Ok(EXIT_OK);
+    };
+    let mut freed = 0;
+    for image in store.list_images() {
+        let r = &image.record;
+        let what = format!("{} {}", r.names.join(", "), r.manifest_digest);
+        if dry_run {
+            outln!(
+                "would remove image {what}, {}",
+                format_bytes(image.disk_bytes)
+            );
+            freed += image.disk_bytes;
+            continue;
+        }
+        store
+            .remove_image(&r.manifest_digest)
+            .map_err(|e| CliError::Infra(format!("cannot remove image {what}: {e}")))?;
+        outln!("removed image {what}, {}", format_bytes(image.disk_bytes));
+        freed += image.disk_bytes;
+    }
+    if !dry_run {
+        freed += store
+            .remove_unreferenced_blobs()
+            .map_err(|e| CliError::Infra(format!("cannot remove image blobs: {e}")))?;
+    }
+    let verb = if dry_run { "would free" } else { "freed" };
+    outln!(
+        "{verb} {} of container images (pulled again on demand)",
+        format_bytes(freed)
+    );
+    Ok(EXIT_OK)
+}
+
+/// One container image in `cache ls`.
+#[derive(Serialize)]
+struct ImageJson {
+    names: Vec<String>,
+    digest: String,
+    disk_bytes: u64,
+    last_used: u64,
+}
+
+fn images_of(store: Option<&Store>) -> Vec<ImageJson> {
+    store
+        .map(|s| s.list_images())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| ImageJson {
+            names: i.record.names,
+            digest: i.record.manifest_digest,
+            disk_bytes: i.disk_bytes,
+            last_used: i.record.last_used,
+        })
+        .collect()
 }
 
 /// `cache ls --json`: the inventory plus totals.
@@ -79,9 +163,17 @@ struct LsJson<'a> {
     assets_total: Usage,
     scratch: &'a [ScratchEntry],
     scratch_total: Usage,
+    /// Pulled container images (their blobs are counted in `images_bytes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImageJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images_bytes: Option<u64>,
 }
 
 fn ls(inv: &Inventory, json: bool) -> CliResult {
+    let store = image_store()?;
+    let images = images_of(store.as_ref());
+    let images_bytes = store.as_ref().map(Store::usage);
     if json {
         let out = LsJson {
             cache: &inv.cache,
@@ -91,12 +183,21 @@ fn ls(inv: &Inventory, json: bool) -> CliResult {
             assets_total: Usage::total(inv.assets.iter().map(|a| &a.usage)),
             scratch: &inv.scratch,
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
+            images,
+            images_bytes,
         };
         let text = serde_json::to_string_pretty(&out)
             .map_err(|e| CliError::Infra(format!("cannot write the listing as JSON: {e}")))?;
         outln!("{text}");
     } else {
         out!("{}", render_ls(inv, now_unix()));
+        if let Some(bytes) = images_bytes {
+            outln!(
+                "container images: {} ({} on disk with their blobs); `sbxrun image ls` lists them",
+                images.len(),
+                format_bytes(bytes)
+            );
+        }
     }
     Ok(EXIT_OK)
 }
