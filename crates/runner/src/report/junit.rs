@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use junit_report::{Report as JUnit, TestCase, TestSuite};
+use junit_report::{Report as JUnit, TestCase, TestResult, TestSuite};
 use serde::Deserialize;
 
 pub use super::events::Tails;
@@ -44,19 +44,31 @@ fn seconds(ms: f64) -> time::Duration {
     time::Duration::seconds_f64((ms / 1000.0).max(0.0))
 }
 
-fn step_case(job: &str, manifest: &str, s: &StepReport) -> TestCase {
+fn step_case(manifest: &str, s: &StepReport) -> TestCase {
     let name = xml_safe(&s.name);
-    let time = seconds(s.timings.total_ms);
+    // The step's own time: queueing behind other steps is not its cost.
+    let time = seconds(s.timings.total_ms - s.timings.queued_ms);
     let message = xml_safe(s.message.as_deref().unwrap_or(""));
     let mut case = match s.verdict {
         Verdict::Passed => TestCase::success(&name, time),
+        // The job treats it as passed, so CI tools must not count it as a
+        // failure; system-out says what happened (see `build`).
+        v if s.allow_failure && v.is_failure() => TestCase::success(&name, time),
         Verdict::Skipped | Verdict::Cancelled => {
             TestCase::skipped_with_cause(&name, s.verdict.label(), &message)
         }
         Verdict::Infra => TestCase::error(&name, time, "INFRA", &message),
         v => TestCase::failure(&name, time, v.label(), &message),
     };
-    case.set_classname(&xml_safe(job));
+    // The message also as the element's text: GitLab and others show the
+    // body of <failure>/<error>, not its attribute.
+    if let TestResult::Failure { cause, .. } | TestResult::Error { cause, .. } = &mut case.result {
+        if !message.is_empty() {
+            *cause = Some(message.clone());
+        }
+    }
+    // Instances of one step (a matrix) group under the step's id.
+    case.set_classname(&xml_safe(&s.step));
     case.set_filepath(&xml_safe(manifest));
     case
 }
@@ -129,12 +141,21 @@ pub fn build(
         &report.started_at,
         &time::format_description::well_known::Rfc3339,
     ) {
-        suite.set_timestamp(ts);
+        // Whole seconds: the Ant schema's timestamp has no fraction.
+        suite.set_timestamp(ts.replace_nanosecond(0).unwrap_or(ts));
     }
     for s in &report.steps {
-        let mut case = step_case(&report.job.name, &report.job.manifest, s);
+        let mut case = step_case(&report.job.manifest, s);
         let t = tails(&s.name);
-        let mut props = image_properties(s.image.as_ref());
+        let mut props = Vec::new();
+        if s.allow_failure && s.verdict.is_failure() {
+            let what = match s.message.as_deref() {
+                Some(m) => format!("{}: {m}", s.verdict.label()),
+                None => s.verdict.label().to_owned(),
+            };
+            props.push(("allowed_failure".to_owned(), xml_safe(&what)));
+        }
+        props.extend(image_properties(s.image.as_ref()));
         props.extend(egress_properties(&s.egress));
         if let Some(out) = system_out(&props, &t.stdout) {
             case.set_system_out(&out);
@@ -277,6 +298,36 @@ mod tests {
         assert!(cases[0].is_success());
         assert!(cases[1].is_failure());
         assert!(cases[2].is_skipped());
+    }
+
+    #[test]
+    fn testcases_time_the_step_group_by_step_and_carry_the_message_as_text() {
+        use crate::report::model::{test_report, test_step};
+        let mut queued = test_step("slow", EgressReport::default());
+        queued.timings.queued_ms = 500.0;
+        queued.timings.total_ms = 1700.0;
+        let mut failed = test_step("t[case=a]", EgressReport::default());
+        failed.step = "t".into();
+        failed.verdict = Verdict::Failed;
+        failed.message = Some("exit code 1".into());
+        let mut allowed = test_step("flaky", EgressReport::default());
+        allowed.verdict = Verdict::Failed;
+        allowed.allow_failure = true;
+        allowed.message = Some("exit code 3".into());
+        let mut report = test_report(vec![queued, failed, allowed]);
+        report.started_at = "2026-12-06T21:00:00.123456789Z".into();
+        let junit = build(&report, &|_| Tails::default(), &|_| Vec::new());
+        let xml = String::from_utf8(to_bytes(&junit).unwrap()).unwrap();
+        assert!(
+            xml.contains(r#"name="slow" time="1.2" classname="slow""#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"classname="t""#), "{xml}");
+        assert!(xml.contains("<![CDATA[exit code 1]]></failure>"), "{xml}");
+        // An allowed failure is no failure to CI, but says what happened.
+        assert!(xml.contains(r#"failures="1""#), "{xml}");
+        assert!(xml.contains("allowed_failure=failed: exit code 3"), "{xml}");
+        assert!(xml.contains(r#"timestamp="2026-12-06T21:00:00Z""#), "{xml}");
     }
 
     fn egress(policy: &str, denied: &[(&str, u64)], not_kept: u64) -> EgressReport {
