@@ -174,3 +174,34 @@ fn a_ten_megabyte_stream_arrives_intact() {
         hex::encode(Sha256::digest(&expected))
     );
 }
+
+#[test]
+fn timings_say_when_a_first_use_built_the_snapshot_instead_of_restoring() {
+    common::require_kvm();
+    // A cache of its own with the built assets in it: no snapshot yet.
+    let cache = tempfile::tempdir().unwrap();
+    let assets = cache.path().join("assets");
+    std::fs::create_dir(&assets).unwrap();
+    let real = sbxrun_runner::assets::cache_dir().join("assets");
+    for name in ["vmlinux", "initramfs.cpio", "rootfs.ext4"] {
+        let target = std::fs::canonicalize(real.join(name))
+            .unwrap_or_else(|e| panic!("guest asset {name} missing ({e}); run `make assets`"));
+        std::os::unix::fs::symlink(target, assets.join(name)).unwrap();
+    }
+    let run = || {
+        std::process::Command::new(common::sbxrun_exe())
+            .args(["exec", "--timings", "--", "true"])
+            .env("SBXRUN_CACHE_DIR", cache.path())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let said = text(&first.stderr);
+    assert!(said.contains("first use of this VM shape"), "{said}");
+    assert!(!said.contains("restored from snapshot in"), "{said}");
+    let second = run();
+    let said = text(&second.stderr);
+    assert!(said.contains("restored from snapshot in"), "{said}");
+    assert!(!said.contains("first use"), "{said}");
+}

@@ -281,7 +281,12 @@ fn root_image(args: &ExecArgs) -> Result<StepImage, CliError> {
 
 /// The VM `exec` runs in: restored from the pool, or cold-booted.
 enum ExecVm {
-    Restored(Box<LeasedVm>),
+    /// `first_use`: how long opening the pool took when it had to boot the
+    /// guest to create the shape's snapshot.
+    Restored {
+        lease: Box<LeasedVm>,
+        first_use: Option<Duration>,
+    },
     Cold {
         booted: Box<BootedVm>,
         _scratch: ScratchDir,
@@ -291,16 +296,27 @@ enum ExecVm {
 impl ExecVm {
     fn handle(&mut self) -> &mut VmHandle {
         match self {
-            ExecVm::Restored(lease) => &mut lease.vm,
+            ExecVm::Restored { lease, .. } => &mut lease.vm,
             ExecVm::Cold { booted, .. } => &mut booted.vm,
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            ExecVm::Restored(lease) => {
-                format!("restored from snapshot in {:?}", lease.restore_time)
-            }
+            ExecVm::Restored {
+                lease,
+                first_use: None,
+            } => format!("restored from snapshot in {:?}", lease.restore_time),
+            // Not a restore the user should expect next time: say what the
+            // time went to.
+            ExecVm::Restored {
+                lease,
+                first_use: Some(built),
+            } => format!(
+                "first use of this VM shape: cold boot and snapshot in {built:?}, \
+                 then restored in {:?}",
+                lease.restore_time
+            ),
             ExecVm::Cold { booted, .. } => format!("cold boot {:?}", booted.boot_time),
         }
     }
@@ -332,6 +348,7 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
         });
     }
     clean_scratch(&scratch);
+    let opening = Instant::now();
     let pool = Pool::open(PoolConfig {
         cache,
         scratch,
@@ -340,10 +357,14 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
         console_dir: None,
     })
     .map_err(|e| sbxrun_runner::errors::chain(&e))?;
+    let open_time = opening.elapsed();
     let lease = match &args.console_log {
         Some(path) => pool.acquire_logged(path.clone()),
         None => pool.acquire(),
     }
     .map_err(|e| sbxrun_runner::errors::chain(&e))?;
-    Ok(ExecVm::Restored(Box::new(lease)))
+    Ok(ExecVm::Restored {
+        lease: Box::new(lease),
+        first_use: pool.stats().snapshot_built.then_some(open_time),
+    })
 }

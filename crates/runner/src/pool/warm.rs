@@ -51,6 +51,9 @@ pub struct PoolStats {
     pub died_waiting: u64,
     /// Snapshots rebuilt because the cached one was damaged.
     pub rebuilt: u64,
+    /// Opening the pool booted the guest to create the shape's snapshot
+    /// (first use, or a damaged one replaced).
+    pub snapshot_built: bool,
 }
 
 /// A restored VM leased for one step. Dropping it destroys the VM and its disks.
@@ -81,6 +84,7 @@ struct Inner {
     handed_out: AtomicU64,
     died_waiting: AtomicU64,
     rebuilt: u64,
+    snapshot_built: bool,
 }
 
 /// A pool of VMs of one shape.
@@ -92,7 +96,7 @@ impl Pool {
     /// Finds (or builds, once) the shape's snapshot and starts keeping
     /// `config.warm` VMs ready.
     pub fn open(config: PoolConfig) -> Result<Self, PoolError> {
-        let (snapshot, rebuilt) = ensure_snapshot(&config)?;
+        let (snapshot, rebuilt, built) = ensure_snapshot(&config)?;
         let inner = Arc::new(Inner {
             target: AtomicUsize::new(config.warm),
             config,
@@ -105,6 +109,7 @@ impl Pool {
             handed_out: AtomicU64::new(0),
             died_waiting: AtomicU64::new(0),
             rebuilt: u64::from(rebuilt),
+            snapshot_built: built,
         });
         if inner.config.warm > 0 {
             let filler = inner.clone();
@@ -167,6 +172,7 @@ impl Pool {
             handed_out: self.inner.handed_out.load(Ordering::Relaxed),
             died_waiting: self.inner.died_waiting.load(Ordering::Relaxed),
             rebuilt: self.inner.rebuilt,
+            snapshot_built: self.inner.snapshot_built,
         }
     }
 
@@ -195,17 +201,20 @@ impl Drop for Pool {
     }
 }
 
-fn ensure_snapshot(config: &PoolConfig) -> Result<(Snapshot, bool), PoolError> {
+/// The shape's snapshot: (it, whether a damaged one was replaced, whether
+/// it was created now).
+fn ensure_snapshot(config: &PoolConfig) -> Result<(Snapshot, bool, bool), PoolError> {
     let key = snapshot::shape_key(&config.shape)?;
     let console = config
         .console_dir
         .as_ref()
         .map(|d| d.join(format!("snapshot-{key}.console")));
     match snapshot::load(&config.cache, &key) {
-        Ok(Some(s)) => Ok((s, false)),
+        Ok(Some(s)) => Ok((s, false, false)),
         Ok(None) => Ok((
             snapshot::create(&config.cache, &key, &config.shape, console)?,
             false,
+            true,
         )),
         Err(SnapshotError::Damaged(dir, why)) => {
             tracing::warn!("snapshot {dir} is damaged ({why}); rebuilding it");
@@ -213,6 +222,7 @@ fn ensure_snapshot(config: &PoolConfig) -> Result<(Snapshot, bool), PoolError> {
             let _ = std::fs::remove_dir_all(&dir);
             Ok((
                 snapshot::create(&config.cache, &key, &config.shape, console)?,
+                true,
                 true,
             ))
         }
