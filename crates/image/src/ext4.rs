@@ -100,7 +100,7 @@ fn image_size(tree_bytes: u64) -> u64 {
 }
 
 /// A filesystem UUID (version 4 layout) from the first bytes of `key_hex`.
-pub(crate) fn uuid_from_key(key_hex: &str) -> String {
+pub fn uuid_from_key(key_hex: &str) -> String {
     let mut b = [0u8; 16];
     for (i, byte) in b.iter_mut().enumerate() {
         *byte = key_hex
@@ -123,7 +123,7 @@ pub(crate) fn uuid_from_key(key_hex: &str) -> String {
 
 /// An e2fsprogs tool on `PATH` or in the sbin directories a non-root
 /// `PATH` often lacks.
-fn find_tool(name: &'static str) -> Result<PathBuf, Ext4Error> {
+pub fn find_tool(name: &'static str) -> Result<PathBuf, Ext4Error> {
     let from_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();

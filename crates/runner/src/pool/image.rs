@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -19,12 +19,6 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-
-/// Where ext4 keeps its superblock magic: the superblock starts at byte
-/// 1024 and `s_magic` is at offset 56 in it.
-const EXT4_MAGIC_OFFSET: u64 = 1080;
-/// `s_magic` of ext2/3/4, little-endian.
-const EXT4_MAGIC: u16 = 0xEF53;
 
 /// A tree larger than this is refused: it would take minutes to copy and
 /// is almost certainly a wrong path (`/`, a home directory).
@@ -135,21 +129,8 @@ pub fn resolve_image(path: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     }
 }
 
-/// Whether the file at `path` has an ext4 superblock.
-pub fn is_ext4(path: &Path) -> io::Result<bool> {
-    let mut file = File::open(path)?;
-    let mut magic = [0u8; 2];
-    file.seek(SeekFrom::Start(EXT4_MAGIC_OFFSET))?;
-    match file.read_exact(&mut magic) {
-        Ok(()) => Ok(u16::from_le_bytes(magic) == EXT4_MAGIC),
-        // Shorter than a superblock: certainly not ext4.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 fn check_ext4(path: &Path) -> Result<(), ImageError> {
-    match is_ext4(path) {
+    match sbxrun_image::ext4::is_ext4(path) {
         Ok(true) => Ok(()),
         Ok(false) => Err(ImageError::NotExt4 {
             path: path.to_owned(),
@@ -196,7 +177,7 @@ fn build_from_dir(root: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     let out = dir.join("rootfs.ext4");
     // A file that is there but not ext4 (a truncated copy, a disk that
     // filled up) is rebuilt rather than handed to the VM.
-    if out.is_file() && is_ext4(&out).unwrap_or(false) {
+    if out.is_file() && sbxrun_image::ext4::is_ext4(&out).unwrap_or(false) {
         return Ok(out);
     }
     fs::create_dir_all(&dir).map_err(|source| ImageError::Cache {
@@ -209,7 +190,7 @@ fn build_from_dir(root: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
         path: tmp.path.clone(),
         source,
     })?;
-    let uuid = uuid_from_key(&tree.key);
+    let uuid = sbxrun_image::ext4::uuid_from_key(&tree.key);
     let inodes = tree.entries + tree.entries / 5 + 1024;
     let output = Command::new(&mkfs)
         .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-b", "4096"])
@@ -254,41 +235,9 @@ fn image_size(tree_bytes: u64) -> u64 {
         .unwrap_or(total / BLOCK * BLOCK)
 }
 
-/// A filesystem UUID (RFC 4122 version 4 layout) from the first bytes of
-/// the key, so an image's identity follows its content.
-fn uuid_from_key(key: &str) -> String {
-    let mut b = [0u8; 16];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = key
-            .get(i * 2..i * 2 + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// `mkfs.ext4` on `PATH`, else in the sbin directories a non-root user's
-/// `PATH` often lacks.
+/// `mkfs.ext4`, found where the image crate finds its e2fsprogs tools.
 fn find_mkfs() -> Result<PathBuf, ImageError> {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    from_path
-        .into_iter()
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("mkfs.ext4"))
-        .find(|candidate| candidate.is_file())
-        .ok_or(ImageError::MkfsMissing)
+    sbxrun_image::ext4::find_tool("mkfs.ext4").map_err(|_| ImageError::MkfsMissing)
 }
 
 /// The first line of `mkfs.ext4 -V` ("mke2fs 1.47.0 (5-Feb-2023)"). The
@@ -515,7 +464,7 @@ mod tests {
         sample_tree(tree.path());
         let image = resolve_image(tree.path(), cache.path()).unwrap();
         assert!(image.starts_with(cache.path().join("images/dirs")));
-        assert!(is_ext4(&image).unwrap());
+        assert!(sbxrun_image::ext4::is_ext4(&image).unwrap());
         assert_eq!(
             debugfs(&image, "cat /hello.txt"),
             "hello from a directory image\n"
@@ -647,9 +596,9 @@ mod tests {
 
     #[test]
     fn uuid_from_key_is_a_version_4_uuid() {
-        let uuid = uuid_from_key(&"ab".repeat(32));
+        let uuid = sbxrun_image::ext4::uuid_from_key(&"ab".repeat(32));
         assert_eq!(uuid, "abababab-abab-4bab-abab-abababababab");
         // A short or odd key still gives a well-formed value.
-        assert_eq!(uuid_from_key("").len(), 36);
+        assert_eq!(sbxrun_image::ext4::uuid_from_key("").len(), 36);
     }
 }
