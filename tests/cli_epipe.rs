@@ -11,6 +11,8 @@ fn with_closed_stdout(args: &[&str], cache: &std::path::Path) -> (Option<i32>, S
     let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
     drop(read_end);
     let out = Command::new(common::sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .args(args)
         .env("SBXRUN_CACHE_DIR", cache)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -42,6 +42,8 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 fn run_job(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
     require_kvm();
     Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .arg("run")
         .arg(manifest)
         .arg("--out")
@@ -229,6 +231,8 @@ fn a_resolve_override_must_name_a_host_and_addresses() {
         "name: j\nsteps:\n  a:\n    run: \"true\"\n",
     );
     let o = Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .args(["run", "--resolve", "svc.test=not-an-ip"])
         .arg(&manifest)
         .output()

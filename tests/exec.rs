@@ -190,6 +190,8 @@ fn timings_say_when_a_first_use_built_the_snapshot_instead_of_restoring() {
     }
     let run = || {
         std::process::Command::new(common::sbxrun_exe())
+            // Every run here runs its steps; tests/step_cache.rs covers the cache.
+            .env("SBXRUN_NO_CACHE", "1")
             .args(["exec", "--timings", "--", "true"])
             .env("SBXRUN_CACHE_DIR", cache.path())
             .output()

@@ -162,6 +162,8 @@ fn shell_less_image(dir: &Path) -> String {
 fn run_job(manifest: &Path, out: &Path) -> Output {
     require_kvm();
     Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .arg("run")
         .arg(manifest)
         .arg("-o")

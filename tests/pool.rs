@@ -220,6 +220,8 @@ fn runners_racing_to_create_one_snapshot_both_succeed() {
     let children: Vec<_> = (0..2)
         .map(|_| {
             std::process::Command::new(&exe)
+                // Every run here runs its steps; tests/step_cache.rs covers the cache.
+                .env("SBXRUN_NO_CACHE", "1")
                 .args(["exec", "--", "echo", "raced"])
                 .env("SBXRUN_CACHE_DIR", cache.path())
                 .env(

@@ -12,6 +12,8 @@ fn a_non_empty_run_directory_is_refused_before_anything_runs() {
     std::fs::create_dir_all(out.join("artifacts")).unwrap();
     std::fs::write(out.join("report.json"), "{}").unwrap();
     let o = Command::new(common::sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .args(["run", "examples/hello.yaml", "--out"])
         .arg(&out)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

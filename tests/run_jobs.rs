@@ -31,6 +31,8 @@ fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
 fn run_job(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
     require_kvm();
     Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .arg(manifest)
         .arg("--out")
         .arg(out)
@@ -348,6 +350,8 @@ fn run_sigint_mid_run_writes_reports_and_exits_130() {
     let m = write(dir.path(), "stop.yaml", manifest.as_bytes());
     let out = dir.path().join("out");
     let mut child = Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .arg(&m)
         .arg("--out")
         .arg(&out)

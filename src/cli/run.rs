@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use crate::errors::{CliError, CliResult, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED};
 use sbxrun_runner::assets::{self, Asset};
-use sbxrun_runner::plan::Selection;
+use sbxrun_runner::plan::{Plan, Selection};
 use sbxrun_runner::pool::warm::clean_scratch;
 use sbxrun_runner::report::console::{Console, LogFormat, Verbosity};
 use sbxrun_runner::report::RunStatus;
-use sbxrun_runner::runner::{self, PoolBase, RunOptions};
+use sbxrun_runner::runner::{self, CacheOptions, PoolBase, RunOptions};
 
 /// Arguments of `sbxrun run`.
 #[derive(Debug, clap::Args)]
@@ -52,6 +52,58 @@ pub struct Args {
     pub resolve: Vec<(String, Vec<std::net::IpAddr>)>,
     #[command(flatten)]
     pub pull: super::image::PullArgs,
+    #[command(flatten)]
+    pub cache: StepCacheArgs,
+}
+
+/// How a run uses the step cache.
+#[derive(Debug, clap::Args)]
+pub struct StepCacheArgs {
+    /// Run every step: look nothing up in the step cache and store nothing.
+    #[arg(long, env = "SBXRUN_NO_CACHE")]
+    pub no_cache: bool,
+    /// Run this step (id or instance name) even if its result is cached,
+    /// and store the new result. Repeatable.
+    #[arg(long, value_name = "STEP", conflicts_with = "no_cache")]
+    pub rebuild: Vec<String>,
+    /// Where the step cache lives (default: `steps/` in the cache
+    /// directory).
+    #[arg(long, value_name = "DIR", env = "SBXRUN_STEP_CACHE_DIR")]
+    pub step_cache: Option<PathBuf>,
+    /// Most space the step cache keeps; least recently used results go
+    /// first (`10GiB`).
+    #[arg(long, value_name = "SIZE", env = "SBXRUN_STEP_CACHE_MAX", value_parser = super::units::parse_size)]
+    pub step_cache_max: Option<u64>,
+}
+
+impl StepCacheArgs {
+    /// The cache options; every `--rebuild` name must be in `plan`.
+    pub fn options(&self, plan: &Plan, cache_dir: &Path) -> Result<CacheOptions, CliError> {
+        for name in &self.rebuild {
+            let known = plan
+                .instances()
+                .iter()
+                .any(|i| i.name == *name || i.step.as_str() == name);
+            if !known {
+                let names = plan.instances().iter().map(|i| i.step.as_str());
+                let hint = sbxrun_runner::manifest::did_you_mean(name, names)
+                    .map(|m| format!("; did you mean `{m}`?"))
+                    .unwrap_or_default();
+                return Err(CliError::usage(format!(
+                    "--rebuild {name}: no such step in this run{hint}"
+                )));
+            }
+        }
+        Ok(CacheOptions {
+            dir: (!self.no_cache).then(|| {
+                self.step_cache
+                    .clone()
+                    .unwrap_or_else(|| cache_dir.join("steps"))
+            }),
+            rebuild: self.rebuild.clone(),
+            max_bytes: self.step_cache_max.unwrap_or(runner::DEFAULT_MAX_BYTES),
+        })
+    }
 }
 
 fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> {
@@ -86,6 +138,7 @@ pub fn run(args: Args) -> CliResult {
         .or(job.concurrency.as_ref().map(|c| c.value as usize))
         .unwrap_or_else(runner::default_concurrency);
     let cache = assets::cache_dir();
+    let step_cache = args.cache.options(&plan, &cache)?;
     let scratch = cache.join("run");
     clean_scratch(&scratch);
     let warm = args.warm.unwrap_or_else(|| plan.width().min(concurrency));
@@ -113,6 +166,7 @@ pub fn run(args: Args) -> CliResult {
         },
         console,
         resolve: args.resolve.iter().cloned().collect(),
+        cache: step_cache,
     };
     let console = Console::new(verbosity, args.log_format);
     let summary = runner::run(&job, plan, opts).map_err(|e| CliError::infra(&e))?;

@@ -40,6 +40,8 @@ pub fn default_shape() -> VmShape {
 pub fn sbxrun(args: &[&str]) -> Output {
     require_kvm();
     Command::new(sbxrun_exe())
+        // Every run here runs its steps; tests/step_cache.rs covers the cache.
+        .env("SBXRUN_NO_CACHE", "1")
         .args(args)
         .output()
         .expect("cannot run the sbxrun binary")

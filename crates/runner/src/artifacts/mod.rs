@@ -9,6 +9,7 @@ mod pack;
 mod unpack;
 
 pub use error::ArtifactError;
+pub(crate) use pack::walk;
 pub use pack::{pack_inputs, InputItem, PackStats};
 pub use unpack::{unpack_outputs, unpack_stream, FileDigest, OutputLimits, Unpacked};
 

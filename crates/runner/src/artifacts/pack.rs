@@ -58,14 +58,14 @@ impl<W: Write> Write for Capped<W> {
 }
 
 /// A file system object to pack, relative to its item's root.
-struct Found {
-    rel: String,
-    path: PathBuf,
-    meta: fs::Metadata,
+pub(crate) struct Found {
+    pub(crate) rel: String,
+    pub(crate) path: PathBuf,
+    pub(crate) meta: fs::Metadata,
 }
 
 /// Everything under `root` (not following symlinks), parents first.
-fn walk(root: &Path) -> Result<Vec<Found>, ArtifactError> {
+pub(crate) fn walk(root: &Path) -> Result<Vec<Found>, ArtifactError> {
     let mut out = Vec::new();
     let mut stack = vec![(String::new(), root.to_path_buf())];
     while let Some((rel, dir)) = stack.pop() {

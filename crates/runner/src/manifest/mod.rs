@@ -4,6 +4,7 @@
 //! Pure: reads the manifest (and checks that host input paths exist), never
 //! runs anything. Imports nothing else of sbxrun.
 
+mod cache;
 mod de;
 mod egress;
 mod error;
@@ -20,6 +21,7 @@ mod yaml;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use cache::CacheSetting;
 pub use de::Spanned;
 pub use egress::{Egress, EgressError, EgressRule, EgressSetting, HostPattern, OnViolation};
 pub use error::{did_you_mean, render, ManifestError, Problem, ProblemData, Problems};

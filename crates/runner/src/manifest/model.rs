@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cache::CacheSetting;
 use super::de::Spanned;
 use super::egress::EgressSetting;
 use super::source::SourceFile;
@@ -71,6 +72,9 @@ pub struct Defaults {
     /// Retries after a failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Spanned<u32>>,
+    /// Whether steps' results are reused by later runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSetting>,
 }
 
 impl Defaults {
@@ -150,6 +154,10 @@ pub struct Step {
     /// In-guest limits (override `defaults.limits` field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Whether the step's result is reused by later runs when nothing it
+    /// depends on changed (overrides `defaults.cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSetting>,
 }
 
 /// One input: a host path, or outputs of another step. Exactly one of

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::cache::CacheSetting;
 use super::egress::{Egress, OnViolation};
 use super::model::{Job, Step, User};
 use super::units::{ByteSize, Duration};
@@ -104,6 +105,8 @@ pub struct Settings {
     pub output: ByteSize,
     /// Largest file written.
     pub file_size: ByteSize,
+    /// The step's cache setting; `None` leaves it to the default rule.
+    pub cache: Option<CacheSetting>,
 }
 
 impl Job {
@@ -169,6 +172,7 @@ impl Job {
             file_size: ByteSize(
                 lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI),
             ),
+            cache: step.cache.or(d.cache),
         }
     }
 }

@@ -56,6 +56,10 @@ struct Finished<'a> {
     message: &'a Option<String>,
     retrying: bool,
     tail: &'a str,
+    /// A cache hit: how long the step took when it ran.
+    cached_ms: Option<f64>,
+    /// Key parts that changed since the step's last run (a miss).
+    changed: &'a [String],
 }
 
 impl Console {
@@ -121,12 +125,26 @@ impl Console {
             _ if s.allow_failure => "!",
             _ => "✗",
         };
-        let mut text = format!(
-            "{mark} {} {} ({:.1}s)",
-            s.name,
-            f.verdict.label(),
-            f.total_ms / 1000.0
-        );
+        let mut text = match f.cached_ms {
+            Some(was) if f.verdict == Verdict::Passed => {
+                format!("{mark} {} cached (was {:.1}s)", s.name, was / 1000.0)
+            }
+            Some(was) => format!(
+                "{mark} {} {}, cached (was {:.1}s)",
+                s.name,
+                f.verdict.label(),
+                was / 1000.0
+            ),
+            None => format!(
+                "{mark} {} {} ({:.1}s)",
+                s.name,
+                f.verdict.label(),
+                f.total_ms / 1000.0
+            ),
+        };
+        if self.verbosity == Verbosity::Verbose && !f.changed.is_empty() {
+            text.push_str(&format!(" [cache: {} changed]", f.changed.join(", ")));
+        }
         if let Some(m) = f.message {
             text.push_str(": ");
             text.push_str(m);
@@ -143,7 +161,7 @@ impl Console {
             &text,
             serde_json::json!({"event": "finished", "step": s.name,
                 "verdict": f.verdict, "message": f.message, "retrying": f.retrying,
-                "egress_denied": s.denied}),
+                "cached": f.cached_ms.is_some(), "egress_denied": s.denied}),
         );
     }
 
@@ -207,6 +225,11 @@ impl EventSink for Console {
                     message: &a.message,
                     retrying: *retrying,
                     tail: &tail,
+                    cached_ms: outcome
+                        .cache_hit()
+                        .then(|| outcome.cache.as_ref().and_then(|c| c.original_ms))
+                        .map(Option::unwrap_or_default),
+                    changed: outcome.cache.as_ref().map_or(&[], |c| c.changed.as_slice()),
                 });
             }
             RunEvent::Notice(n) => self.notice(&n.to_string()),
@@ -282,8 +305,15 @@ fn summary_text(report: &Report, run_dir: &str) -> String {
             line.push_str("  ");
             line.push_str(&note);
         }
+        if s.cached {
+            line.push_str("  cached");
+        }
         out.push_str(&line);
         out.push('\n');
+    }
+    let cached = report.steps.iter().filter(|s| s.cached).count();
+    if cached > 0 {
+        let _ = write!(out, "\n{cached} of {} steps cached", report.steps.len());
     }
     let _ = writeln!(
         out,

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use super::logs::Stream;
 use super::model::{
-    Attempt, EgressReport, FileDigest, HostInfo, ImageReport, JobInfo, LogPaths, RunStatus, Usage,
-    Verdict,
+    Attempt, CacheReport, EgressReport, FileDigest, HostInfo, ImageReport, JobInfo, LogPaths,
+    RunStatus, Usage, Verdict,
 };
 
 /// A step instance: its index in [`RunEvent::RunStarted`]'s `steps`
@@ -59,6 +59,17 @@ pub struct AttemptOutcome {
     pub tails: Tails,
     /// The root image, once it was resolved.
     pub image: Option<ImageReport>,
+    /// What the step cache did (`None` with `--no-cache`).
+    pub cache: Option<CacheReport>,
+}
+
+impl AttemptOutcome {
+    /// Whether the step did not run because the cache had its result.
+    pub fn cache_hit(&self) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.status == super::model::CacheStatus::Hit)
+    }
 }
 
 /// How a step instance ended for good.

@@ -46,8 +46,13 @@ fn seconds(ms: f64) -> time::Duration {
 
 fn step_case(manifest: &str, s: &StepReport) -> TestCase {
     let name = xml_safe(&s.name);
-    // The step's own time: queueing behind other steps is not its cost.
-    let time = seconds(s.timings.total_ms - s.timings.queued_ms);
+    // The step's own time: queueing behind other steps is not its cost;
+    // a cached step took none.
+    let time = if s.cached {
+        time::Duration::ZERO
+    } else {
+        seconds(s.timings.total_ms - s.timings.queued_ms)
+    };
     let message = xml_safe(s.message.as_deref().unwrap_or(""));
     let mut case = match s.verdict {
         Verdict::Passed => TestCase::success(&name, time),
@@ -129,6 +134,28 @@ fn image_properties(image: Option<&ImageReport>) -> Vec<(String, String)> {
     props
 }
 
+/// A cache hit as `cached=true` with where the result came from, so a CI
+/// page shows a step that did not run this time.
+fn cache_properties(s: &StepReport) -> Vec<(String, String)> {
+    let Some(c) = s.cache.as_ref().filter(|_| s.cached) else {
+        return Vec::new();
+    };
+    let mut props = vec![("cached".to_owned(), "true".to_owned())];
+    if let Some(at) = &c.stored_at {
+        props.push(("cached.stored_at".to_owned(), at.clone()));
+    }
+    if let Some(ms) = c.original_ms {
+        props.push((
+            "cached.original_time".to_owned(),
+            format!("{:.3}", ms / 1000.0),
+        ));
+    }
+    if let Some(key) = &c.key {
+        props.push(("cache.key".to_owned(), key.clone()));
+    }
+    props
+}
+
 /// Builds the JUnit document. `tails(name)` gives a step's output tails;
 /// `extra(name)` the testcases merged from its own JUnit file.
 pub fn build(
@@ -155,6 +182,7 @@ pub fn build(
             };
             props.push(("allowed_failure".to_owned(), xml_safe(&what)));
         }
+        props.extend(cache_properties(s));
         props.extend(image_properties(s.image.as_ref()));
         props.extend(egress_properties(&s.egress));
         if let Some(out) = system_out(&props, &t.stdout) {

@@ -23,9 +23,9 @@ pub use mask::{mask_str, Masker, MASK};
 #[cfg(test)]
 pub(crate) use model::test_denials;
 pub use model::{
-    report_schema, Attempt, EgressEvent, EgressReport, FileDigest, GuestTimings, HostInfo,
-    ImageReport, JobInfo, LogPaths, Report, RunStatus, StepReport, Timings, Usage, Verdict,
-    REPORT_VERSION,
+    report_schema, Attempt, CacheReport, CacheStatus, EgressEvent, EgressReport, FileDigest,
+    GuestTimings, HostInfo, ImageReport, JobInfo, LogPaths, Report, RunStatus, StepReport, Timings,
+    Usage, Verdict, REPORT_VERSION,
 };
 pub use write::atomic_write;
 

@@ -279,6 +279,58 @@ pub struct StepReport {
     /// The root image the step booted, when it was not the built-in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageReport>,
+    /// The step did not run: its result, outputs and log come from the
+    /// step cache (`cache` says from when). The verdict is the original.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cached: bool,
+    /// What the step cache did with the step (absent with `--no-cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheReport>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What the step cache did with a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// Not run: reused from the cache.
+    Hit,
+    /// Ran, and its result was stored for later runs.
+    Stored,
+    /// Ran; its result was not stored (`reason` says why).
+    NotStored,
+    /// Not cacheable, or its key could not be computed (`reason` says
+    /// why): it ran and nothing was looked up.
+    Off,
+}
+
+/// A step's key, and what the cache did with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CacheReport {
+    pub status: CacheStatus,
+    /// Lowercase hex SHA-256 over the parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The SHA-256 of each part of the key: `kernel`, `initramfs`,
+    /// `image`, `shape`, `command`, `env`, `inputs`, ….
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, String>,
+    /// The parts that differ from this instance's last run on this host:
+    /// why it missed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    /// Why nothing was looked up or stored, or why a lookup missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For a hit: when the result was stored (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<String>,
+    /// For a hit: how long the step took when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_ms: Option<f64>,
 }
 
 /// A step's root image: what the manifest named and what that resolved to.
@@ -390,5 +442,7 @@ pub(crate) fn test_step(name: &str, egress: EgressReport) -> StepReport {
         egress,
         logs: LogPaths::default(),
         image: None,
+        cached: false,
+        cache: None,
     }
 }

@@ -58,6 +58,7 @@ fn attempt(step: usize, verdict: Verdict, message: &str, retrying: bool) -> RunE
             logs: LogPaths::default(),
             tails: Tails::default(),
             image: None,
+            cache: None,
         }),
         retrying,
     }

@@ -62,6 +62,8 @@ fn not_run(info: &StepInfo) -> StepReport {
         egress: info.egress.clone(),
         logs: LogPaths::default(),
         image: None,
+        cached: false,
+        cache: None,
     }
 }
 
@@ -100,6 +102,8 @@ impl ReportState {
                 if let Some(image) = &outcome.image {
                     s.image = Some(image.clone());
                 }
+                s.cached = outcome.cache_hit();
+                s.cache = outcome.cache.clone();
                 if let Some(output) = &outcome.logs.output {
                     s.logs.output = Some(output.clone());
                 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use guest_init::proto::{ErrorCode, RunRequest};
 
+use super::cache::Lookup;
 use super::kill::KillSlot;
 use super::pools::Pools;
 use super::request::{self, input_items, input_owner, network_setup, request};
@@ -42,6 +43,8 @@ pub struct RunShared {
     pub cancelled: AtomicBool,
     /// `--resolve name=ip` overrides for the egress broker.
     pub resolve: Arc<Overrides>,
+    /// The step cache.
+    pub cache: super::RunCache,
 }
 
 /// Why an attempt ended before its command ran. The message (with its
@@ -173,6 +176,7 @@ pub fn run_attempt(
             logs: log_paths(&inst.name, e.verdict(), false, false),
             tails: Tails::default(),
             image: None,
+            cache: None,
         },
     }
 }
@@ -193,6 +197,12 @@ fn attempt(
         .image(&inst.settings.image)
         .map_err(AttemptError::Pool)?;
     let start = request::start(inst, &image).map_err(AttemptError::Image)?;
+    let mut cache = shared.cache.prepare(shared, inst, &image);
+    match shared.cache.lookup(shared, inst, &mut cache, timings) {
+        Lookup::Hit(hit) => return Ok(*hit),
+        Lookup::Miss => {}
+        Lookup::Cancelled => return Err(AttemptError::Cancelled),
+    }
     let mut vm = Leased::new(slot, lease_vm(&shared.pools, inst, started, timings)?);
     if shared.cancelled.load(Ordering::Acquire) {
         return Err(AttemptError::Cancelled);
@@ -223,7 +233,7 @@ fn attempt(
         has_console = std::fs::rename(&src, dest).is_ok();
     }
     timings.total_ms = timings.queued_ms + ms(started.elapsed());
-    Ok(AttemptOutcome {
+    let mut outcome = AttemptOutcome {
         logs: log_paths(
             &inst.name,
             judged.verdict,
@@ -252,7 +262,10 @@ fn attempt(
             digest: image.digest.clone(),
             pulled: image.pulled,
         }),
-    })
+        cache: None,
+    };
+    outcome.cache = shared.cache.finish(shared, inst, cache, &outcome);
+    Ok(outcome)
 }
 
 /// A restored VM from the pool of the step's shape (opened on first use).

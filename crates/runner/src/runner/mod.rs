@@ -5,6 +5,8 @@
 //! sinks together.
 
 mod attempt;
+mod cache;
+mod cache_key;
 mod kill;
 mod outcome;
 mod policy;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use attempt::{artifact_dir, file_name, AttemptError};
+pub use cache::{CacheOptions, RunCache, DEFAULT_MAX_BYTES};
 pub use outcome::{conclude, StepFinal};
 pub use pools::{ImageProgress, PoolBase, Pools, StepImage};
 pub use scheduler::{Msg, Scheduler, Stop};
@@ -60,6 +63,8 @@ pub struct RunOptions {
     pub console: Console,
     /// `--resolve` overrides for the steps' egress brokers.
     pub resolve: crate::broker::Overrides,
+    /// The step cache.
+    pub cache: CacheOptions,
 }
 
 /// The end of a run.
@@ -80,6 +85,7 @@ pub fn run(job: &Job, plan: Plan, opts: RunOptions) -> Result<RunSummary, Runner
         secret_values: setup::secret_values(job),
         cancelled: AtomicBool::new(false),
         resolve: Arc::new(opts.resolve),
+        cache: RunCache::open(&opts.cache, job.name.as_str()),
     });
     let mut console = opts.console;
     let mut json = JsonReportFile::new(&opts.run_dir);
@@ -94,6 +100,7 @@ pub fn run(job: &Job, plan: Plan, opts: RunOptions) -> Result<RunSummary, Runner
     let stop = scheduler.run(&mut reporter);
     signals.stop();
     shared.pools.close();
+    shared.cache.close();
 
     let (status, exit_code) = conclude(&scheduler.ends(), stop == Stop::Interrupted);
     reporter.emit(RunEvent::RunFinished {

@@ -99,6 +99,11 @@ impl Pools {
         }
     }
 
+    /// What every shape shares.
+    pub fn base(&self) -> &PoolBase {
+        &self.base
+    }
+
     /// The shape a step's settings ask for.
     pub fn shape(&self, settings: &Settings) -> Result<VmShape, String> {
         let image = self.image(&settings.image)?;

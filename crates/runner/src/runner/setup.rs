@@ -34,7 +34,7 @@ pub fn default_run_dir(job: &str) -> PathBuf {
     PathBuf::from("sbxrun-out").join(format!("{job}-{stamp}"))
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
