@@ -176,6 +176,8 @@ pub enum RunEvent {
         status: RunStatus,
         exit_code: i32,
         duration_ms: f64,
+        /// VMs the run restored or booted.
+        vms_started: u64,
     },
 }
 

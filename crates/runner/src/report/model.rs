@@ -375,6 +375,10 @@ pub struct Report {
     /// RFC 3339 UTC.
     pub started_at: String,
     pub duration_ms: f64,
+    /// VMs the run restored from snapshots or booted (warm VMs that were
+    /// never used included): 0 when every step was cached.
+    #[serde(default)]
+    pub vms_started: u64,
     pub host: HostInfo,
     /// One entry per step instance, in manifest order.
     pub steps: Vec<StepReport>,
@@ -401,6 +405,7 @@ pub(crate) fn test_report(steps: Vec<StepReport>) -> Report {
         exit_code: 0,
         started_at: "2024-01-01T00:00:00Z".into(),
         duration_ms: 1500.0,
+        vms_started: 0,
         host: HostInfo {
             kvm_flavour: "hardware".into(),
             cpus: 2,

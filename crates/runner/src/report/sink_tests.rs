@@ -155,6 +155,7 @@ fn report_files_are_written_from_events_with_a_steps_own_junit_merged() {
         status: RunStatus::Passed,
         exit_code: 0,
         duration_ms: 1500.0,
+        vms_started: 2,
     });
     drop(reporter);
     let report = json.into_report();

@@ -30,6 +30,7 @@ impl Default for ReportState {
                 exit_code: 0,
                 started_at: String::new(),
                 duration_ms: 0.0,
+                vms_started: 0,
                 host: HostInfo {
                     kvm_flavour: String::new(),
                     cpus: 0,
@@ -136,7 +137,9 @@ impl ReportState {
                 status,
                 exit_code,
                 duration_ms,
+                vms_started,
             } => {
+                self.report.vms_started = *vms_started;
                 self.report.status = *status;
                 self.report.exit_code = *exit_code;
                 self.report.duration_ms = *duration_ms;

@@ -99,6 +99,7 @@ pub fn run(job: &Job, plan: Plan, opts: RunOptions) -> Result<RunSummary, Runner
     let signals = SignalListener::start(scheduler.sender())?;
     let stop = scheduler.run(&mut reporter);
     signals.stop();
+    let vms_started = shared.pools.vms_started();
     shared.pools.close();
     shared.cache.close();
 
@@ -107,6 +108,7 @@ pub fn run(job: &Job, plan: Plan, opts: RunOptions) -> Result<RunSummary, Runner
         status,
         exit_code,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        vms_started,
     });
     drop(reporter);
     let _ = std::fs::remove_dir_all(&console_dir);

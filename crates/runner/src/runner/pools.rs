@@ -193,6 +193,18 @@ impl Pools {
         .clone()
     }
 
+    /// VMs the pools restored, or booted to make a snapshot, so far (warm
+    /// VMs never leased included).
+    pub fn vms_started(&self) -> u64 {
+        let Ok(map) = self.map.lock() else {
+            return 0;
+        };
+        map.values()
+            .filter_map(|slot| slot.get()?.as_ref().ok().map(|p| p.stats()))
+            .map(|s| s.restored + u64::from(s.snapshot_built))
+            .sum()
+    }
+
     /// Drops every pool (their warm VMs are destroyed).
     pub fn close(&self) {
         if let Ok(mut map) = self.map.lock() {
