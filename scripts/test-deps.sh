@@ -10,7 +10,10 @@
 #   - openssl: the token-auth test signs its JWTs with it;
 #   - e2fsprogs: mkfs.ext4 turns an image's tree into an ext4 file;
 #   - libssl-dev, pkg-config: the registry client links OpenSSL (native-tls);
-#   - debootstrap: guest/image/build-python-oci.sh builds the example image.
+#   - debootstrap: guest/image/build-python-oci.sh builds the example image;
+#   - slurm-wlm, munge: scripts/local-slurm.sh runs a one-node Slurm cluster
+#     (slurmctld, slurmd, the client commands, and munged for their
+#     authentication) for the Slurm executor tests.
 set -eu
 
 PYTHON=${PYTHON:-python3}
@@ -18,9 +21,11 @@ PYTHON=${PYTHON:-python3}
 
 missing=""
 for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci \
-    htpasswd:apache2-utils mkfs.ext4:e2fsprogs openssl:openssl; do
+    htpasswd:apache2-utils mkfs.ext4:e2fsprogs openssl:openssl \
+    slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-wlm munged:munge; do
     tool=${pair%%:*}
     pkg=${pair#*:}
+    case " $missing " in *" $pkg "*) continue ;; esac
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ] && [ ! -x "/usr/bin/$tool" ]; then
         missing="$missing $pkg"
     fi
@@ -28,8 +33,10 @@ done
 [ -f /usr/include/openssl/ssl.h ] || missing="$missing libssl-dev"
 [ -z "$missing" ] && exit 0
 
-# The docker-registry package starts its service from its postinst; in a
-# container without an init that fails and leaves the package half-configured.
+# The docker-registry, munge, slurmctld and slurmd packages start their
+# services from their postinst; in a container without an init that fails and
+# leaves the package half-configured (scripts/local-slurm.sh starts its own
+# daemons with its own configuration instead).
 # policy-rc.d exit 101 tells invoke-rc.d not to start anything; it is removed
 # again only if this script put it there.
 policy=/usr/sbin/policy-rc.d

@@ -229,7 +229,8 @@ impl RunCache {
         let ctx = KeyContext {
             plan: &shared.plan,
             run_dir: &shared.run_dir,
-            base: shared.pools.base(),
+            kernel: &shared.pools.base().kernel,
+            initramfs: &shared.pools.base().initramfs,
             store,
             files: FileDigests {
                 memo: &self.memo,
@@ -503,3 +504,7 @@ fn restore(store: &LocalStore, entry: &Entry, dest: &Path, log: &Path) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

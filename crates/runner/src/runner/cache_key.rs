@@ -14,7 +14,6 @@ use sbxrun_stepcache::{sha256_hex, CacheKey, DigestMemo, KeyBuilder, LocalStore}
 use serde_json::json;
 
 use super::attempt::artifact_dir;
-use super::PoolBase;
 use super::StepImage;
 use crate::artifacts::walk;
 use crate::manifest::output_covers;
@@ -91,7 +90,9 @@ impl FileDigests<'_> {
 pub(super) struct KeyContext<'a> {
     pub plan: &'a Plan,
     pub run_dir: &'a Path,
-    pub base: &'a PoolBase,
+    /// The guest kernel and initramfs every VM boots.
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
     pub store: &'a LocalStore,
     pub files: FileDigests<'a>,
 }
@@ -113,10 +114,7 @@ pub(super) fn compute(
     let s = &inst.settings;
     let mut key = KeyBuilder::new();
     key.part("sbxrun", &env!("CARGO_PKG_VERSION"));
-    for (name, path) in [
-        ("kernel", &ctx.base.kernel),
-        ("initramfs", &ctx.base.initramfs),
-    ] {
+    for (name, path) in [("kernel", ctx.kernel), ("initramfs", ctx.initramfs)] {
         let meta =
             fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         key.part_digest(name, &ctx.files.file(path, &meta)?);
@@ -191,3 +189,7 @@ pub(super) fn compute(
     key.part("inputs", &inputs);
     Ok(key.finish())
 }
+
+#[cfg(test)]
+#[path = "cache_key_tests.rs"]
+mod tests;
