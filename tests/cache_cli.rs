@@ -223,3 +223,46 @@ fn an_unreadable_cache_exits_three_naming_the_path() {
         "{err}"
     );
 }
+
+#[test]
+fn step_results_are_listed_and_cleaned_on_their_own() {
+    use sbxrun_stepcache::{capture_tree, Entry, LocalStore, Store, ENTRY_FORMAT};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let outputs = dir.path().join("outputs");
+    fs::create_dir_all(&outputs).unwrap();
+    fs::write(outputs.join("a.out"), vec![7u8; 4096]).unwrap();
+    let store = LocalStore::open(&cache.join("steps")).unwrap();
+    let entry = Entry {
+        format: ENTRY_FORMAT,
+        key: "ab".repeat(32),
+        parts: Default::default(),
+        created_unix_ms: 0,
+        outputs: capture_tree(&store, &outputs).unwrap(),
+        log: None,
+        record: serde_json::json!({}),
+    };
+    store.put(&entry).unwrap();
+    snapshot(&cache, "k1", "1.0");
+
+    let ls = stdout_ok(&sbxrun(&cache, &["cache", "ls"]));
+    assert!(ls.contains("step results: 1 cached"), "{ls}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_ok(&sbxrun(&cache, &["cache", "ls", "--json"]))).unwrap();
+    assert_eq!(json["steps"]["entries"], 1, "{json:#}");
+    assert!(json["steps"]["bytes"].as_u64().unwrap() >= 4096);
+
+    let dry = stdout_ok(&sbxrun(&cache, &["cache", "clean", "--steps", "--dry-run"]));
+    assert!(dry.contains("would remove 1 cached step results"), "{dry}");
+    assert!(store.get(&entry.key).unwrap().is_some());
+
+    let cleaned = stdout_ok(&sbxrun(&cache, &["cache", "clean", "--steps"]));
+    assert!(
+        cleaned.contains("removed 1 cached step results"),
+        "{cleaned}"
+    );
+    assert!(store.get(&entry.key).unwrap().is_none());
+    assert_eq!(store.usage().bytes, 0);
+    // Snapshots are not step results.
+    assert!(cache.join("snapshots/k1").is_dir());
+}

@@ -17,6 +17,7 @@ use sbxrun_runner::pool::cache::{
     self, plan_clean, remove_entry, short_key, AssetEntry, CleanScope, Inventory, ScratchEntry,
     SnapshotEntry, SnapshotState, Usage,
 };
+use sbxrun_stepcache::LocalStore;
 
 /// Arguments of `sbxrun cache`.
 #[derive(Debug, Args)]
@@ -32,8 +33,9 @@ pub enum CacheCommand {
     /// guest assets and scratch.
     Ls(LsArgs),
     /// Remove snapshots (rebuilt on demand); with --images the container
-    /// images instead of snapshots; with --all also the built guest assets,
-    /// container images and scratch. Run it while no job is running: a
+    /// images instead of snapshots, with --steps the cached step results;
+    /// with --all also the built guest assets, container images, step
+    /// results and scratch. Run it while no job is running: a
     /// running job restores its VMs from these snapshots.
     Clean(CleanArgs),
 }
@@ -60,6 +62,10 @@ pub struct CleanArgs {
     /// demand), and nothing else: snapshots and the guest kernel stay.
     #[arg(long, conflicts_with_all = ["all", "stale"])]
     pub images: bool,
+    /// Remove the cached step results (every step runs again next time),
+    /// and nothing else.
+    #[arg(long, conflicts_with_all = ["all", "stale", "images"])]
+    pub steps: bool,
     /// Print what would be removed and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -72,14 +78,53 @@ pub fn run(args: CacheArgs) -> CliResult {
     match args.command {
         CacheCommand::Ls(a) => ls(&inv, a.json),
         CacheCommand::Clean(a) if a.images => clean_images(a.dry_run),
+        CacheCommand::Clean(a) if a.steps => clean_steps(a.dry_run),
         CacheCommand::Clean(a) => {
             let code = clean(&inv, &a)?;
             if a.all {
                 clean_images(a.dry_run)?;
+                clean_steps(a.dry_run)?;
             }
             Ok(code)
         }
     }
+}
+
+/// The step cache, if a run ever used it.
+fn step_store() -> Result<Option<LocalStore>, CliError> {
+    let dir = super::run::step_cache_dir(None);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    LocalStore::open(&dir)
+        .map(Some)
+        .map_err(|e| CliError::Infra(format!("step cache: {}", chain(&e))))
+}
+
+/// Removes every cached step result.
+fn clean_steps(dry_run: bool) -> CliResult {
+    let Some(store) = step_store()? else {
+        outln!("no cached step results");
+        return Ok(EXIT_OK);
+    };
+    let usage = store.usage();
+    if dry_run {
+        outln!(
+            "would remove {} cached step results, {}",
+            usage.entries,
+            format_bytes(usage.bytes)
+        );
+        return Ok(EXIT_OK);
+    }
+    let removed = store
+        .clear()
+        .map_err(|e| CliError::Infra(format!("cannot clear the step cache: {}", chain(&e))))?;
+    outln!(
+        "removed {} cached step results, freed {} (every step runs again next time)",
+        removed.entries,
+        format_bytes(removed.bytes)
+    );
+    Ok(EXIT_OK)
 }
 
 /// The container image store, if anything was ever pulled.
@@ -168,12 +213,33 @@ struct LsJson<'a> {
     images: Vec<ImageJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     images_bytes: Option<u64>,
+    /// Cached step results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<StepsJson>,
+}
+
+/// The step cache in `cache ls --json`.
+#[derive(Serialize)]
+struct StepsJson {
+    dir: std::path::PathBuf,
+    entries: u64,
+    blobs: u64,
+    bytes: u64,
 }
 
 fn ls(inv: &Inventory, json: bool) -> CliResult {
     let store = image_store()?;
     let images = images_of(store.as_ref());
     let images_bytes = store.as_ref().map(Store::usage);
+    let steps = step_store()?.map(|s| {
+        let u = s.usage();
+        StepsJson {
+            dir: s.root().to_owned(),
+            entries: u.entries,
+            blobs: u.blobs,
+            bytes: u.bytes,
+        }
+    });
     if json {
         let out = LsJson {
             cache: &inv.cache,
@@ -185,6 +251,7 @@ fn ls(inv: &Inventory, json: bool) -> CliResult {
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
             images,
             images_bytes,
+            steps,
         };
         let text = serde_json::to_string_pretty(&out)
             .map_err(|e| CliError::Infra(format!("cannot write the listing as JSON: {e}")))?;
@@ -197,6 +264,15 @@ fn ls(inv: &Inventory, json: bool) -> CliResult {
                 images.len(),
                 format_bytes(bytes)
             );
+        }
+        match steps {
+            Some(s) => outln!(
+                "step results: {} cached, {} on disk in {}",
+                s.entries,
+                format_bytes(s.bytes),
+                s.dir.display()
+            ),
+            None => outln!("step results: none cached"),
         }
     }
     Ok(EXIT_OK)

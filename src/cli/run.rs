@@ -76,6 +76,15 @@ pub struct StepCacheArgs {
     pub step_cache_max: Option<u64>,
 }
 
+/// The step cache's directory: `--step-cache`, `$SBXRUN_STEP_CACHE_DIR`,
+/// else `steps/` in the cache directory.
+pub fn step_cache_dir(given: Option<&Path>) -> PathBuf {
+    given
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("SBXRUN_STEP_CACHE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| assets::cache_dir().join("steps"))
+}
+
 impl StepCacheArgs {
     /// The cache options; every `--rebuild` name must be in `plan`.
     pub fn options(&self, plan: &Plan, cache_dir: &Path) -> Result<CacheOptions, CliError> {
@@ -95,10 +104,9 @@ impl StepCacheArgs {
             }
         }
         Ok(CacheOptions {
-            dir: (!self.no_cache).then(|| {
-                self.step_cache
-                    .clone()
-                    .unwrap_or_else(|| cache_dir.join("steps"))
+            dir: (!self.no_cache).then(|| match &self.step_cache {
+                Some(d) => d.clone(),
+                None => cache_dir.join("steps"),
             }),
             rebuild: self.rebuild.clone(),
             max_bytes: self.step_cache_max.unwrap_or(runner::DEFAULT_MAX_BYTES),

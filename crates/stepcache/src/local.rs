@@ -361,9 +361,16 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Removes everything the store holds.
+    /// Removes everything the store holds, explanations of the last runs
+    /// included.
     pub fn clear(&self) -> Result<Eviction, StoreError> {
-        self.evict(0, true)
+        let evicted = self.evict(0, true)?;
+        if let Ok(dir) = fs::read_dir(self.root.join("last")) {
+            for f in dir.filter_map(Result::ok) {
+                let _ = fs::remove_file(f.path());
+            }
+        }
+        Ok(evicted)
     }
 
     fn read_entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
