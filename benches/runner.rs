@@ -115,6 +115,8 @@ fn job_bench(steps: usize, width: usize, concurrency: usize) {
         .arg("--out")
         .arg(&out)
         .arg("--quiet")
+        // The VMs are what this measures; benches/step_cache.rs has the cache.
+        .arg("--no-cache")
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run sbxrun");

@@ -28,7 +28,9 @@ socket="$dir/munge/munged.sock"
 munge_pid="$dir/munge/munged.pid"
 ctld_pid="$dir/run/slurmctld.pid"
 slurmd_pid="$dir/run/slurmd.pid"
-node=$(hostname -s)
+# Slurm names this host by its short host name, as hostname -s prints it.
+node=$(uname -n)
+node=${node%%.*}
 
 # The client commands and the daemons find everything through this file.
 export SLURM_CONF="$conf"
@@ -162,9 +164,12 @@ do_stop() {
         if [ -n "$jobs" ]; then
             # shellcheck disable=SC2086 # one argument per job id
             scancel --full $jobs 2>/dev/null || true
-            # KillWait in slurm.conf is 10 s: SIGTERM, then SIGKILL.
-            timeout=30 wait_for "the jobs to end" "" no_active_jobs ||
-                say "jobs still active; stopping anyway"
+            # KillWait in slurm.conf is 10 s: SIGTERM, then SIGKILL. Without
+            # slurmd nothing ends them; the sweep below does.
+            if up "$slurmd_pid" slurmd; then
+                timeout=30 wait_for "the jobs to end" "" no_active_jobs ||
+                    say "jobs still active; stopping anyway"
+            fi
         fi
     fi
     stop_daemon "$slurmd_pid" slurmd
@@ -212,7 +217,7 @@ ClusterName=sbxrun
 SlurmctldHost=$node(127.0.0.1)
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
-CommunicationParameters=NoInAddrAny
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser=root
 SlurmdUser=root
 
@@ -264,12 +269,13 @@ ctld_ok() { up "$ctld_pid" slurmctld && scontrol ping 2>/dev/null | grep -q 'is 
 # caller's directory (which a test may delete), with an environment that is
 # empty but for PATH: jobs get the submitter's environment, not the daemon's.
 # What it prints before its log file is open lands in NAME.out (and, run in
-# the foreground, Slurm's daemons copy their log there too).
+# the foreground, Slurm's daemons copy their log there too). It must not
+# inherit the lock (fd 9), or it would hold it for as long as it runs.
 launch() {
     local name=$1 pidfile=$2
     shift 2
     (cd "$dir/run" && exec env -i PATH="$PATH" setsid "$@" \
-        </dev/null >/dev/null 2>"$dir/log/$name.out") &
+        </dev/null >/dev/null 2>"$dir/log/$name.out" 9>&-) &
     local pid=$! comm
     echo "$pid" >"$pidfile"
     # Until the subshell, env and setsid have exec'd, the process has their
@@ -288,7 +294,7 @@ do_start() {
         command -v "$tool" >/dev/null ||
             die "$tool is missing; run scripts/test-deps.sh (packages slurm-wlm, munge)"
     done
-    [ -n "$node" ] || die "hostname -s is empty"
+    [ -n "$node" ] || die "this host has no name (uname -n)"
     [ "${#socket}" -lt 100 ] ||
         die "munge socket path $socket is too long for a unix socket; use a shorter SBXRUN_CACHE_DIR"
 
@@ -308,6 +314,9 @@ do_start() {
 
     trap 'say "start failed; stopping what was started"; do_stop' EXIT
 
+    # Each cluster starts with no jobs (job ids start again at 1) and with new
+    # logs; the last cluster's logs stay until then.
+    rm -rf "$dir/log"
     mkdir -p "$dir/munge" "$dir/log" "$dir/run" "$dir/state" "$dir/spool"
     chmod 700 "$dir/munge"
     if [ ! -s "$key" ]; then
@@ -318,12 +327,14 @@ do_start() {
 
     # --force: munged insists that every directory above its socket is
     # world-searchable, which /root (mode 700) is not; only root talks to it.
+    # In the foreground munged logs to stderr, that is to munged.out.
     launch munged "$munge_pid" munged --foreground --force --key-file="$key" \
         --socket="$socket" --pid-file="$munge_pid" \
-        --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed"
+        --seed-file="$dir/munge/munged.seed"
     wait_for "munged to answer" munged munge_ok
 
-    launch slurmctld "$ctld_pid" slurmctld -D -f "$conf"
+    # -c: no state to recover (stop removed it), so don't look for any.
+    launch slurmctld "$ctld_pid" slurmctld -D -c -f "$conf"
     wait_for "slurmctld to answer" slurmctld ctld_ok
 
     launch slurmd "$slurmd_pid" slurmd -D -f "$conf" -N "$node"

@@ -84,17 +84,25 @@ fn every_example_runs_green_end_to_end() {
     let _registry = ExampleRegistry::start();
     let examples = examples();
     assert!(examples.len() >= 5, "{examples:?}");
-    for example in &examples {
-        let out = tempfile::tempdir().unwrap();
-        let o = Command::new(sbxrun_exe())
+    // The examples' own step cache: a first run stores, nothing carries
+    // over from earlier test runs.
+    let step_cache = tempfile::tempdir().unwrap();
+    let run = |example: &Path, out: &Path| {
+        Command::new(sbxrun_exe())
             .arg("run")
             .arg(example)
             .arg("--out")
-            .arg(out.path())
+            .arg(out)
             .args(["--resolve", "files.example.test=127.0.0.1"])
+            .env("SBXRUN_STEP_CACHE_DIR", step_cache.path())
+            .env_remove("SBXRUN_NO_CACHE")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
-            .expect("cannot run sbxrun");
+            .expect("cannot run sbxrun")
+    };
+    for example in &examples {
+        let out = tempfile::tempdir().unwrap();
+        let o = run(example, out.path());
         let name = example.display();
         assert_eq!(
             o.status.code(),
@@ -122,6 +130,22 @@ fn every_example_runs_green_end_to_end() {
             assert!(version.trim().starts_with("out| 3."), "{version}");
             let hello = std::fs::read_to_string(out.path().join("logs/hello.log")).unwrap();
             assert!(hello.contains("hello from python"), "{hello}");
+        }
+        if example.ends_with("pipeline.yaml") {
+            // Run again: every step comes from the cache, no VM starts.
+            let again = tempfile::tempdir().unwrap();
+            let o = run(example, again.path());
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o.stderr));
+            let second = common::report(again.path());
+            assert_eq!(second["vms_started"], 0, "{second:#}");
+            for s in second["steps"].as_array().unwrap() {
+                assert_eq!(s["cached"], true, "{name}: {s:#}");
+            }
+            let merged = std::fs::read_to_string(again.path().join("artifacts/report/report.txt"));
+            assert_eq!(
+                merged.unwrap(),
+                std::fs::read_to_string(out.path().join("artifacts/report/report.txt")).unwrap()
+            );
         }
         if example.ends_with("egress.yaml") {
             let fetched = std::fs::read(out.path().join("artifacts/fetch/out/words.txt"))

@@ -74,7 +74,7 @@ pub struct Defaults {
     pub retries: Option<Spanned<u32>>,
     /// Whether steps' results are reused by later runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CacheSetting>,
+    pub cache: Option<Spanned<CacheSetting>>,
 }
 
 impl Defaults {
@@ -157,7 +157,7 @@ pub struct Step {
     /// Whether the step's result is reused by later runs when nothing it
     /// depends on changed (overrides `defaults.cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CacheSetting>,
+    pub cache: Option<Spanned<CacheSetting>>,
 }
 
 /// One input: a host path, or outputs of another step. Exactly one of

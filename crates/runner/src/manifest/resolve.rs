@@ -172,7 +172,7 @@ impl Job {
             file_size: ByteSize(
                 lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI),
             ),
-            cache: step.cache.or(d.cache),
+            cache: step.cache.as_ref().or(d.cache.as_ref()).map(|c| c.value),
         }
     }
 }

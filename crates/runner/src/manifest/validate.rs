@@ -8,7 +8,9 @@ use std::path::Path;
 use globset::GlobBuilder;
 use sbxrun_image::ImageSource;
 
+use super::cache::CacheSetting;
 use super::de::Spanned;
+use super::egress::Egress;
 use super::error::{did_you_mean, Problem};
 use super::interpolate::{expressions, Expr};
 use super::model::{Defaults, Input, Job, Limits, Resources, Step, StepId};
@@ -257,6 +259,7 @@ impl Validator<'_> {
             ),
             _ => {}
         }
+        self.cache(step, &at);
         if let Some(run) = &step.run {
             self.expressions(run, &keys, &format!("step `{id}`"), &format!("{at}.run"));
         }
@@ -308,6 +311,38 @@ impl Validator<'_> {
         }
         if let Some(l) = &step.limits {
             self.limits(l, &format!("{at}.limits"));
+        }
+    }
+
+    /// A step's own `cache: true` cannot hold if it may reach the internet
+    /// (a job-wide `defaults.cache` simply does not apply to such a step).
+    fn cache(&mut self, step: &Step, at: &str) {
+        let Some(cache) = &step.cache else {
+            return;
+        };
+        let egress = step
+            .egress
+            .as_ref()
+            .and_then(|e| e.policy.as_ref())
+            .or_else(|| {
+                self.job
+                    .defaults
+                    .egress
+                    .as_ref()
+                    .and_then(|e| e.policy.as_ref())
+            });
+        if matches!(cache.value, CacheSetting::On { .. }) && matches!(egress, Some(Egress::Public))
+        {
+            self.push(
+                Problem::new(
+                    "manifest::cache_public",
+                    "a step with `egress: public` cannot be cached: its result depends on the internet",
+                    cache.span,
+                    "asks for caching",
+                )
+                .with_field(format!("{at}.cache"))
+                .with_help("allow only the hosts it needs (`egress: { allow: [...] }`), or drop `cache`"),
+            );
         }
     }
 

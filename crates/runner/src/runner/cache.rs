@@ -95,6 +95,35 @@ pub struct StepCache {
     claim: Option<KeyLock>,
 }
 
+/// The key of instance `id` of `plan` exactly as a run computes it, for
+/// tools and benchmarks: `run_dir` holds producers' artifacts, `memo`
+/// remembers file digests between calls.
+#[allow(clippy::too_many_arguments)]
+pub fn instance_key(
+    plan: &crate::plan::Plan,
+    id: crate::plan::InstanceId,
+    run_dir: &Path,
+    kernel: &Path,
+    initramfs: &Path,
+    image: &StepImage,
+    store: &LocalStore,
+    memo: &DigestMemo,
+) -> Result<CacheKey, String> {
+    let produced = Mutex::new(HashMap::new());
+    let ctx = KeyContext {
+        plan,
+        run_dir,
+        kernel,
+        initramfs,
+        store,
+        files: FileDigests {
+            memo,
+            produced: &produced,
+        },
+    };
+    compute(&ctx, plan.instance(id), image)
+}
+
 /// What a lookup found.
 pub enum Lookup {
     /// The cached result, restored: the step does not run.

@@ -33,9 +33,15 @@ fn hermetic_steps_are_cached_by_default_and_the_rest_on_request() {
         Ok(false)
     );
 
-    // The whole internet: never, whatever the step says.
-    let why = eligible(&instance("    egress: public\n    cache: true\n")).unwrap_err();
+    // The whole internet: never. A step's own `cache: true` is a manifest
+    // error; a job-wide one does not apply.
+    let why = eligible(&instance("    egress: public\n")).unwrap_err();
     assert!(why.contains("internet"), "{why}");
+    let yaml = "name: e\ndefaults: { cache: true }\nsteps:\n  s: { run: x, egress: public }\n";
+    let src = SourceFile::new("t.yaml", yaml.into(), ".".into(), Syntax::Yaml);
+    let job = load_source(src).unwrap();
+    let plan = Plan::new(&job, &Selection::All).unwrap();
+    assert!(eligible(plan.instance(InstanceId(0))).is_err());
 
     for cond in ["always()", "failure()"] {
         let step = format!("    if: {cond}\n");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use attempt::{artifact_dir, file_name, AttemptError};
-pub use cache::{CacheOptions, RunCache, DEFAULT_MAX_BYTES};
+pub use cache::{instance_key, CacheOptions, RunCache, DEFAULT_MAX_BYTES};
 pub use outcome::{conclude, StepFinal};
 pub use pools::{ImageProgress, PoolBase, Pools, StepImage};
 pub use scheduler::{Msg, Scheduler, Stop};
