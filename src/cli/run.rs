@@ -60,7 +60,11 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct StepCacheArgs {
     /// Run every step: look nothing up in the step cache and store nothing.
-    #[arg(long, env = "SBXRUN_NO_CACHE")]
+    #[arg(
+        long,
+        env = "SBXRUN_NO_CACHE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub no_cache: bool,
     /// Run this step (id or instance name) even if its result is cached,
     /// and store the new result. Repeatable.

@@ -54,6 +54,29 @@ fn decide(condition: Condition, all_succeeded: bool, upstream_failed: bool) -> b
 }
 
 impl Plan {
+    /// Why `id` is skipped, given how its dependencies ended.
+    pub fn skip_reason(
+        &self,
+        id: InstanceId,
+        outcome: impl Fn(InstanceId) -> Option<Outcome>,
+    ) -> String {
+        for d in &self.instance(id).deps {
+            let name = &self.instance(*d).name;
+            match outcome(*d) {
+                Some(Outcome::Failed) if !self.instance(*d).allow_failure => {
+                    return format!("dependency `{name}` failed")
+                }
+                Some(Outcome::Skipped) => return format!("dependency `{name}` was skipped"),
+                Some(Outcome::Cancelled) => return format!("dependency `{name}` was cancelled"),
+                _ => {}
+            }
+        }
+        match self.instance(id).condition {
+            Condition::Failure => "condition `failure()` not met: nothing upstream failed".into(),
+            _ => "condition not met".into(),
+        }
+    }
+
     /// Given the instances that have finished and how, the unfinished
     /// instances whose dependencies have all finished, split into those to
     /// start and those to skip. Instances already running are included

@@ -37,14 +37,16 @@ pub struct StepInfo {
 
 /// Tails of a step's output, for `system-out`/`system-err` and the
 /// console's failure view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tails {
     pub stdout: String,
     pub stderr: String,
 }
 
-/// Everything one attempt produced.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything one attempt produced. The Slurm executor records it in the
+/// run directory as JSON, so its submitter and `sbxrun report` rebuild the
+/// same events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptOutcome {
     /// Verdict, exit, message and timings.
     pub attempt: Attempt,
@@ -73,7 +75,8 @@ impl AttemptOutcome {
 }
 
 /// How a step instance ended for good.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "end", content = "detail")]
 pub enum StepEnd {
     /// Its last attempt's verdict is the step's.
     Ran(Verdict),

@@ -152,6 +152,23 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub timings: Timings,
+    /// Where the Slurm executor ran it (absent for local runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmAttempt>,
+}
+
+/// A Slurm job that ran (or was to run) one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SlurmAttempt {
+    /// The Slurm job id.
+    pub job_id: String,
+    /// The node it ran on (empty if it never started).
+    #[serde(default)]
+    pub node: String,
+    /// Milliseconds from submission to start, by Slurm's clock (1 s
+    /// resolution), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<f64>,
 }
 
 /// A network egress event: something the step's policy denied.

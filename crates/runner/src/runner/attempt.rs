@@ -168,6 +168,7 @@ pub fn run_attempt(
                 signal: None,
                 message: Some(chain(&e)),
                 timings,
+                slurm: None,
             },
             usage: None,
             artifacts: Vec::new(),
@@ -248,6 +249,7 @@ fn attempt(
                 .message
                 .map(|m| crate::report::mask_str(&m, &shared.secret_values)),
             timings: *timings,
+            slurm: None,
         },
         usage: outputs.usage,
         artifacts: outputs.digests,

@@ -399,6 +399,7 @@ impl RunCache {
                 signal: record.signal,
                 message: record.message,
                 timings: *timings,
+                slurm: None,
             },
             usage: record.usage,
             artifacts: record.artifacts,

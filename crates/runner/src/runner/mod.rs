@@ -14,6 +14,7 @@ mod pools;
 mod request;
 mod scheduler;
 mod setup;
+pub mod slurm;
 mod verdict;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub enum RunnerError {
     },
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("slurm: {0}")]
+    Slurm(String),
 }
 
 /// How to run a job.

@@ -1,7 +1,18 @@
 //! The run's status and exit code from how its steps ended.
 
 use crate::errors::{EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_STEP_FAILED};
+use crate::plan::Outcome;
 use crate::report::{RunStatus, Verdict};
+
+/// How a final verdict counts for the plan (dependents' conditions).
+pub fn outcome_of(verdict: Verdict) -> Outcome {
+    match verdict {
+        Verdict::Passed => Outcome::Succeeded,
+        Verdict::Skipped => Outcome::Skipped,
+        Verdict::Cancelled => Outcome::Cancelled,
+        _ => Outcome::Failed,
+    }
+}
 
 /// How a step instance ended, as far as the run's outcome cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -118,24 +118,7 @@ impl Scheduler {
     }
 
     fn skip_reason(&self, progress: &Progress<'_>, id: InstanceId) -> String {
-        let plan = &self.shared.plan;
-        for d in &plan.instance(id).deps {
-            let name = &plan.instance(*d).name;
-            match progress.outcome(*d) {
-                Some(Outcome::Failed) if !plan.instance(*d).allow_failure => {
-                    return format!("dependency `{name}` failed")
-                }
-                Some(Outcome::Skipped) => return format!("dependency `{name}` was skipped"),
-                Some(Outcome::Cancelled) => return format!("dependency `{name}` was cancelled"),
-                _ => {}
-            }
-        }
-        match plan.instance(id).condition {
-            crate::manifest::Condition::Failure => {
-                "condition `failure()` not met: nothing upstream failed".into()
-            }
-            _ => "condition not met".into(),
-        }
+        self.shared.plan.skip_reason(id, |d| progress.outcome(d))
     }
 
     fn take_ready(
@@ -240,12 +223,7 @@ impl Scheduler {
             return None;
         }
         self.end(reporter, id, StepEnd::Ran(verdict));
-        Some(match verdict {
-            Verdict::Passed => Outcome::Succeeded,
-            Verdict::Skipped => Outcome::Skipped,
-            Verdict::Cancelled => Outcome::Cancelled,
-            _ => Outcome::Failed,
-        })
+        Some(super::outcome::outcome_of(verdict))
     }
 
     /// Runs the plan to the end (or until interrupted). The reporter's
