@@ -7,6 +7,7 @@ mod exec;
 pub mod graph;
 mod image;
 pub mod run;
+mod slurm;
 mod stdout;
 pub mod units;
 pub mod validate;
@@ -41,6 +42,13 @@ pub enum Command {
     Cache(cache::CacheArgs),
     /// Pull, list, inspect or remove container images.
     Image(image::ImageArgs),
+    /// Rebuild the reports of a run made with `--executor slurm` from what
+    /// its steps recorded; with --wait, follow its jobs to the end.
+    Report(slurm::ReportArgs),
+    /// Internal: one step instance of a Slurm run, on a compute node
+    /// (started by the batch script sbxrun submitted).
+    #[command(name = "__slurm-step", hide = true)]
+    SlurmStep(slurm::StepArgs),
     /// Internal: the VMM process of one microVM (started by sbxrun itself).
     #[command(name = "__vmm", hide = true)]
     Vmm,
@@ -87,6 +95,8 @@ pub fn main() -> CliResult {
         Command::Doctor(args) => doctor::run(args),
         Command::Cache(args) => cache::run(args),
         Command::Image(args) => image::run(args),
+        Command::Report(args) => slurm::report(args),
+        Command::SlurmStep(args) => slurm::step(args),
         Command::Vmm => run_vmm(None),
         Command::JailSelftest(args) => run_vmm(Some(args)),
     }
@@ -94,7 +104,7 @@ pub fn main() -> CliResult {
 
 /// `sbxrun JOB [FLAGS]` means `sbxrun run JOB [FLAGS]`: a first argument
 /// that is no subcommand or flag but names a manifest gets `run` put before it.
-fn with_run_shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+pub(crate) fn with_run_shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     use clap::CommandFactory;
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
         return args;

@@ -54,6 +54,45 @@ pub struct Args {
     pub pull: super::image::PullArgs,
     #[command(flatten)]
     pub cache: StepCacheArgs,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+/// Where the steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Executor {
+    /// On this host.
+    #[default]
+    Local,
+    /// As Slurm jobs, one per step instance, on the cluster's nodes.
+    Slurm,
+}
+
+/// The Slurm executor's options.
+#[derive(Debug, clap::Args)]
+pub struct SlurmArgs {
+    /// Where the steps run. With `slurm`, `--out` must be on a filesystem
+    /// every node mounts.
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: Executor,
+    /// Slurm partition for the steps' jobs.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Slurm account charged for the steps' jobs.
+    #[arg(long, value_name = "A")]
+    pub account: Option<String>,
+    /// One more `sbatch` option for every step's job (`--slurm-arg=--qos=long`).
+    /// Repeatable.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub slurm_arg: Vec<String>,
+    /// Submit the jobs and return; `sbxrun report RUN_DIR --wait` follows
+    /// them later.
+    #[arg(long)]
+    pub detach: bool,
+    /// Trust that `--out` is shared by every node even where sbxrun sees a
+    /// local filesystem.
+    #[arg(long)]
+    pub slurm_assume_shared: bool,
 }
 
 /// How a run uses the step cache.
@@ -122,49 +161,31 @@ fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> 
     sbxrun_runner::broker::parse_override(text)
 }
 
-/// Runs the command.
-pub fn run(args: Args) -> CliResult {
-    let selection = if args.only.is_empty() {
-        Selection::All
-    } else {
-        Selection::Only(args.only.clone())
-    };
-    let (job, plan) = super::validate::load_and_plan(&args.job, &selection)?;
-    sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
-        .map_err(|e| CliError::Manifest(sbxrun_runner::manifest::render(&e, true)))?;
-    let run_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
-    prepare_run_dir(&run_dir, args.force).map_err(CliError::usage)?;
-    let kvm = super::require_kvm()?;
-    let require = |asset| assets::require(asset, None).map_err(|e| CliError::Infra(e.to_string()));
-    let (kernel, initramfs, image) = (
-        require(Asset::Kernel)?,
-        require(Asset::Initramfs)?,
-        require(Asset::Image)?,
-    );
-    let concurrency = args
-        .concurrency
-        .map(|c| c as usize)
-        .or(job.concurrency.as_ref().map(|c| c.value as usize))
-        .unwrap_or_else(runner::default_concurrency);
-    let cache = assets::cache_dir();
-    let step_cache = args.cache.options(&plan, &cache)?;
-    let scratch = cache.join("run");
-    clean_scratch(&scratch);
-    let warm = args.warm.unwrap_or_else(|| plan.width().min(concurrency));
-    let verbosity = match (args.verbose, args.quiet) {
-        (true, _) => Verbosity::Verbose,
-        (_, true) => Verbosity::Quiet,
-        _ => Verbosity::Normal,
-    };
-    let console = Console::new(verbosity, args.log_format);
-    let opts = RunOptions {
-        manifest: args.job.display().to_string(),
-        run_dir: run_dir.clone(),
-        concurrency,
-        pools: PoolBase {
+impl Args {
+    /// The steps `--only` selects.
+    pub fn selection(&self) -> Selection {
+        if self.only.is_empty() {
+            Selection::All
+        } else {
+            Selection::Only(self.only.clone())
+        }
+    }
+
+    /// What every VM shape of a run on this host shares: KVM and the guest
+    /// assets must be usable here.
+    pub fn pool_base(&self, run_dir: &Path, warm: usize) -> Result<PoolBase, CliError> {
+        let kvm = super::require_kvm()?;
+        let require =
+            |asset| assets::require(asset, None).map_err(|e| CliError::Infra(e.to_string()));
+        let (kernel, initramfs, image) = (
+            require(Asset::Kernel)?,
+            require(Asset::Initramfs)?,
+            require(Asset::Image)?,
+        );
+        let cache = assets::cache_dir();
+        let scratch = cache.join("run");
+        clean_scratch(&scratch);
+        Ok(PoolBase {
             cache,
             scratch,
             kernel,
@@ -173,9 +194,51 @@ pub fn run(args: Args) -> CliResult {
             flavour: kvm.flavour,
             console_dir: run_dir.join("logs").join(".vm"),
             warm,
-            images: args.pull.options(),
-            image_progress: super::image::progress(args.log_format),
-        },
+            images: self.pull.options(),
+            image_progress: super::image::progress(self.log_format),
+        })
+    }
+
+    /// How much the console shows.
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.verbose, self.quiet) {
+            (true, _) => Verbosity::Verbose,
+            (_, true) => Verbosity::Quiet,
+            _ => Verbosity::Normal,
+        }
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> CliResult {
+    let (job, plan) = super::validate::load_and_plan(&args.job, &args.selection())?;
+    sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
+        .map_err(|e| CliError::Manifest(sbxrun_runner::manifest::render(&e, true)))?;
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
+    prepare_run_dir(&run_dir, args.force).map_err(CliError::usage)?;
+    if args.slurm.executor == Executor::Slurm {
+        return super::slurm::submit(args, job, plan, run_dir);
+    }
+    if args.slurm.detach {
+        return Err(CliError::usage("--detach needs --executor slurm"));
+    }
+    let concurrency = args
+        .concurrency
+        .map(|c| c as usize)
+        .or(job.concurrency.as_ref().map(|c| c.value as usize))
+        .unwrap_or_else(runner::default_concurrency);
+    let step_cache = args.cache.options(&plan, &assets::cache_dir())?;
+    let warm = args.warm.unwrap_or_else(|| plan.width().min(concurrency));
+    let verbosity = args.verbosity();
+    let console = Console::new(verbosity, args.log_format);
+    let opts = RunOptions {
+        manifest: args.job.display().to_string(),
+        run_dir: run_dir.clone(),
+        concurrency,
+        pools: args.pool_base(&run_dir, warm)?,
         console,
         resolve: args.resolve.iter().cloned().collect(),
         cache: step_cache,
@@ -187,7 +250,7 @@ pub fn run(args: Args) -> CliResult {
 }
 
 /// The exit code of a run that finished, from its status.
-fn exit_code(status: RunStatus) -> i32 {
+pub fn exit_code(status: RunStatus) -> i32 {
     match status {
         RunStatus::Passed => EXIT_OK,
         RunStatus::Failed => EXIT_STEP_FAILED,

@@ -66,6 +66,22 @@ pub struct AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// An attempt that ended before its command ran: nothing but its
+    /// verdict, message and timings.
+    pub fn not_run(attempt: Attempt) -> Self {
+        AttemptOutcome {
+            attempt,
+            usage: None,
+            artifacts: Vec::new(),
+            missing_outputs: Vec::new(),
+            egress: None,
+            logs: LogPaths::default(),
+            tails: Tails::default(),
+            image: None,
+            cache: None,
+        }
+    }
+
     /// Whether the step did not run because the cache had its result.
     pub fn cache_hit(&self) -> bool {
         self.cache

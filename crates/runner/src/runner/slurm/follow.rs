@@ -20,8 +20,8 @@ use super::records::{AttemptRecord, Records, Submit};
 use super::submit::{batch_script, dependency, sbatch_args, SlurmOptions};
 use crate::plan::{InstanceId, Plan};
 use crate::report::{
-    Attempt, AttemptOutcome, LogPaths, Notice, Reporter, RunEvent, SlurmAttempt, StepEnd, StepId,
-    Stream, Tails, Timings, Verdict,
+    Attempt, AttemptOutcome, Notice, Reporter, RunEvent, SlurmAttempt, StepEnd, StepId, Stream,
+    Timings, Verdict,
 };
 use crate::runner::outcome::StepFinal;
 use crate::runner::verdict::should_retry;
@@ -466,28 +466,18 @@ impl<'p> Follower<'p> {
         );
         let retrying = self.stopping.is_none()
             && should_retry(Verdict::Infra, n, inst.settings.retries, &inst.retry_on);
-        let outcome = AttemptOutcome {
-            attempt: Attempt {
-                verdict: Verdict::Infra,
-                exit_code: None,
-                signal: None,
-                message: Some(message),
-                timings: Timings::default(),
-                slurm: Some(SlurmAttempt {
-                    job_id: job.id.clone(),
-                    node: job.node.clone(),
-                    queued_ms: job.queued_ms(),
-                }),
-            },
-            usage: None,
-            artifacts: Vec::new(),
-            missing_outputs: Vec::new(),
-            egress: None,
-            logs: LogPaths::default(),
-            tails: Tails::default(),
-            image: None,
-            cache: None,
-        };
+        let outcome = AttemptOutcome::not_run(Attempt {
+            verdict: Verdict::Infra,
+            exit_code: None,
+            signal: None,
+            message: Some(message),
+            timings: Timings::default(),
+            slurm: Some(SlurmAttempt {
+                job_id: job.id.clone(),
+                node: job.node.clone(),
+                queued_ms: job.queued_ms(),
+            }),
+        });
         self.records
             .write_attempt(&name, n, &AttemptRecord { outcome, retrying })?;
         self.report_attempts(id, reporter)?;

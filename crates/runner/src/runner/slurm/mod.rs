@@ -20,12 +20,12 @@ use std::time::Instant;
 
 pub use follow::Followed;
 pub use records::{Records, Submit};
-pub use step::{run_step, StepExit, StepOptions};
+pub use step::{record_fault, run_step, StepExit, StepOptions};
 pub use submit::{time_limit, SlurmOptions};
 
 use self::follow::{job_range, Follower};
 use super::outcome::conclude;
-use super::{setup, RunOptions, RunSummary, RunnerError};
+use super::{setup, RunSummary, RunnerError};
 use crate::manifest::Job;
 use crate::plan::Plan;
 use crate::report::console::Console;
@@ -108,17 +108,30 @@ fn listen() -> Result<(mpsc::Receiver<i32>, signal_hook::iterator::Handle), Runn
     Ok((rx, handle))
 }
 
+/// What the submitting side of a Slurm run needs.
+pub struct SubmitOptions {
+    /// The manifest as given (for reports).
+    pub manifest: String,
+    /// The run directory (created), on a filesystem the nodes share.
+    pub run_dir: std::path::PathBuf,
+    /// The live view.
+    pub console: Console,
+    pub slurm: SlurmOptions,
+    /// The invocation the nodes replay.
+    pub submit: Submit,
+}
+
 /// Runs `plan` of `job` as Slurm jobs; reports are written into
 /// `opts.run_dir` as for a local run. With `slurm.detach`, returns once
 /// everything is submitted.
-pub fn run_slurm(
-    job: &Job,
-    plan: Plan,
-    opts: RunOptions,
-    slurm: SlurmOptions,
-    submit: Submit,
-) -> Result<RunSummary, RunnerError> {
-    let run_dir = opts.run_dir.clone();
+pub fn run_slurm(job: &Job, plan: Plan, opts: SubmitOptions) -> Result<RunSummary, RunnerError> {
+    let SubmitOptions {
+        manifest,
+        run_dir,
+        console,
+        slurm,
+        submit,
+    } = opts;
     setup::create_dirs(&run_dir, &run_dir.join("logs"))?;
     let run_dir = run_dir
         .canonicalize()
@@ -134,8 +147,8 @@ pub fn run_slurm(
         .prepare(plan.instances().iter().map(|i| i.name.as_str()))
         .and_then(|()| records.write_submit(&submit))
         .map_err(RunnerError::Slurm)?;
-    let started_event = setup::run_started(job, opts.manifest, &plan, &run_dir);
-    let mut console = opts.console;
+    let started_event = setup::run_started(job, manifest, &plan, &run_dir);
+    let mut console = console;
     let mut json = JsonReportFile::new(&run_dir);
     let mut junit = JunitFile::new(&run_dir);
     let started = Instant::now();

@@ -38,6 +38,51 @@ pub enum StepExit {
     Interrupted,
 }
 
+/// Records a fault of this node that keeps `instance` from running here
+/// (no usable `/dev/kvm`, missing guest assets) as its final attempt: an
+/// infrastructure fault with `message`, so the run says what the node
+/// lacks instead of only that the job failed.
+pub fn record_fault(
+    run_dir: &std::path::Path,
+    instance: &str,
+    message: &str,
+) -> Result<(), String> {
+    let records = Records::new(run_dir);
+    let n = records.attempt_count(instance) + 1;
+    records.mark_running(instance, n)?;
+    let mut outcome = crate::report::AttemptOutcome::not_run(crate::report::Attempt {
+        verdict: crate::report::Verdict::Infra,
+        exit_code: None,
+        signal: None,
+        message: Some(message.to_owned()),
+        timings: Default::default(),
+        slurm: None,
+    });
+    outcome.attempt.slurm = Some(this_job());
+    records.write_attempt(
+        instance,
+        n,
+        &AttemptRecord {
+            outcome,
+            retrying: false,
+        },
+    )?;
+    records.write_end(instance, &StepEnd::Ran(crate::report::Verdict::Infra))
+}
+
+/// The Slurm job this process runs in, as Slurm's environment says.
+fn this_job() -> SlurmAttempt {
+    SlurmAttempt {
+        job_id: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
+        node: std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+        queued_ms: None,
+    }
+}
+
 /// Every instance `id` depends on, directly or not.
 fn ancestors(plan: &Plan, id: InstanceId) -> Vec<InstanceId> {
     let mut seen = HashSet::new();
@@ -99,15 +144,7 @@ pub fn run_step(job: &Job, plan: Plan, name: &str, opts: StepOptions) -> Result<
     });
     let slot = KillSlot::default();
     let signals = StopOnSignal::start(shared.clone(), slot.clone())?;
-    let slurm = SlurmAttempt {
-        job_id: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
-        node: std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        }),
-        queued_ms: None,
-    };
+    let slurm = this_job();
     let inst = shared.plan.instance(id);
     let result = loop {
         let n = records.attempt_count(name) + 1;
