@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{report, require_kvm, sbxrun_exe, step, text};
+use common::{report, require_kvm, sbxrun_exe, step, text, tree};
 use serde_json::Value;
 
 /// The VM size of every job here (and of tests/run_jobs.rs): one snapshot.
@@ -79,34 +78,6 @@ fn ran_steps(report: &Value) -> Vec<String> {
         .filter(|s| s["cached"] != true)
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Every file and link under `dir`, with contents.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.is_dir() {
-                out.insert(format!("{rel}/"), String::new());
-                stack.push(p);
-            } else if m.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-                );
-            } else {
-                out.insert(
-                    rel,
-                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into(),
-                );
-            }
-        }
-    }
-    out
 }
 
 /// What a step's result is, leaving out how long it took and the cache.

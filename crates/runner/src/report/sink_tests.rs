@@ -43,24 +43,14 @@ fn started(steps: Vec<StepInfo>) -> RunEvent {
 fn attempt(step: usize, verdict: Verdict, message: &str, retrying: bool) -> RunEvent {
     RunEvent::AttemptFinished {
         step: StepId(step),
-        outcome: Box::new(AttemptOutcome {
-            attempt: Attempt {
-                verdict,
-                exit_code: None,
-                signal: None,
-                message: (!message.is_empty()).then(|| message.to_owned()),
-                timings: Timings::default(),
-                slurm: None,
-            },
-            usage: None,
-            artifacts: Vec::new(),
-            missing_outputs: Vec::new(),
-            egress: None,
-            logs: LogPaths::default(),
-            tails: Tails::default(),
-            image: None,
-            cache: None,
-        }),
+        outcome: Box::new(AttemptOutcome::not_run(Attempt {
+            verdict,
+            exit_code: None,
+            signal: None,
+            message: (!message.is_empty()).then(|| message.to_owned()),
+            timings: Timings::default(),
+            slurm: None,
+        })),
         retrying,
     }
 }

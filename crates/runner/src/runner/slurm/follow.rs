@@ -274,6 +274,11 @@ impl<'p> Follower<'p> {
                 changed = true;
             }
             self.tracked[i].state = state.clone();
+            // A job still waiting has recorded nothing: no need to read
+            // the shared filesystem for it.
+            if state.as_ref().is_some_and(|s| s.state == "PENDING") {
+                continue;
+            }
             match self.observe(InstanceId(i), state, reporter) {
                 Ok(c) => changed |= c,
                 Err(e) => tracing::warn!("slurm: {e}"),
@@ -431,6 +436,29 @@ impl<'p> Follower<'p> {
             return Ok(true);
         }
         if let Some(why) = self.tracked[id.0].cancelled.clone() {
+            // An attempt that had started was stopped: it is reported as
+            // a local run reports a step stopped mid-attempt.
+            let n = self.records.attempt_count(&name) + 1;
+            if self.records.running(&name) >= n {
+                let outcome = AttemptOutcome::not_run(Attempt {
+                    verdict: Verdict::Cancelled,
+                    exit_code: None,
+                    signal: None,
+                    message: Some(why.clone()),
+                    timings: Timings::default(),
+                    slurm: Some(SlurmAttempt {
+                        job_id: ended.id.clone(),
+                        node: ended.node.clone(),
+                        queued_ms: ended.queued_ms(),
+                    }),
+                });
+                let record = AttemptRecord {
+                    outcome,
+                    retrying: false,
+                };
+                self.records.write_attempt(&name, n, &record)?;
+                self.report_attempts(id, reporter)?;
+            }
             let end = StepEnd::Cancelled(why);
             self.records.write_end(&name, &end)?;
             self.finish(id, end, Some(&ended.state), reporter);
@@ -450,11 +478,8 @@ impl<'p> Follower<'p> {
     ) -> Result<(), String> {
         let inst = self.plan.instance(id);
         let name = inst.name.clone();
-        let n = self.tracked[id.0]
-            .reported
-            .max(self.records.running(&name))
-            .max(self.records.attempt_count(&name))
-            + 1;
+        // The attempt that was running (or about to) when the job ended.
+        let n = self.records.attempt_count(&name) + 1;
         let node = if job.node.is_empty() {
             String::new()
         } else {
