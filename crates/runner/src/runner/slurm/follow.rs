@@ -11,7 +11,6 @@
 //! waiting dependents are pointed at.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
@@ -20,8 +19,8 @@ use super::records::{AttemptRecord, Records, Submit};
 use super::submit::{batch_script, dependency, sbatch_args, SlurmOptions};
 use crate::plan::{InstanceId, Plan};
 use crate::report::{
-    Attempt, AttemptOutcome, Notice, Reporter, RunEvent, SlurmAttempt, StepEnd, StepId, Stream,
-    Timings, Verdict,
+    Attempt, AttemptOutcome, Notice, Reporter, RunEvent, SlurmAttempt, StepEnd, StepId, Timings,
+    Verdict,
 };
 use crate::runner::outcome::StepFinal;
 use crate::runner::verdict::should_retry;
@@ -366,34 +365,11 @@ impl<'p> Follower<'p> {
             .unwrap_or(self.records.root())
             .join("logs")
             .join(format!("{}.log", crate::runner::file_name(name)));
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            return;
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let t = &mut self.tracked[id.0];
-        if len < t.log_offset {
-            // A new attempt started its log afresh.
-            t.log_offset = 0;
-        }
-        if f.seek(SeekFrom::Start(t.log_offset)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        let _ = f.take(1 << 20).read_to_end(&mut buf);
-        let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        t.log_offset += last_newline as u64 + 1;
-        for line in String::from_utf8_lossy(&buf[..last_newline]).lines() {
-            let (stream, text) = match line.split_at_checked(5) {
-                Some(("err| ", rest)) => (Stream::Err, rest),
-                Some(("out| ", rest)) => (Stream::Out, rest),
-                _ => (Stream::Out, line),
-            };
+        for (stream, line) in super::tail::new_lines(&path, &mut self.tracked[id.0].log_offset) {
             reporter.emit(RunEvent::StepOutput {
                 step: step(id),
                 stream,
-                line: text.to_owned(),
+                line,
             });
         }
     }

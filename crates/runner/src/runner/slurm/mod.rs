@@ -13,6 +13,7 @@ mod follow;
 mod records;
 mod step;
 mod submit;
+mod tail;
 
 use std::path::Path;
 use std::sync::mpsc;
