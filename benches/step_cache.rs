@@ -106,12 +106,17 @@ fn key_bench(files: usize, mib: usize) {
             total / 1e6 / secs
         );
     };
-    // The guest files are hashed once here so that every row below is
-    // about the inputs (their digests are memoized like any file's).
+    // The guest files are hashed once here, into the memo every row
+    // starts from, so that the rows are about the inputs alone.
     let guest_memo = DigestMemo::load(&memo_file);
-    let (_, guest) = key(&guest_memo);
+    let t = Instant::now();
+    for f in [&kernel, &initramfs, &image.ext4] {
+        let meta = std::fs::metadata(f).expect("guest file");
+        guest_memo.digest(f, &meta).expect("guest digest");
+    }
+    let guest = t.elapsed().as_secs_f64();
     let _ = guest_memo.save();
-    println!("  (first call, guest files + inputs hashed: {guest:.3} s)");
+    println!("  (hashing the guest kernel, initramfs and root image once: {guest:.3} s)");
 
     let cold = DigestMemo::load(&memo_file);
     let (k1, secs) = key(&cold);
