@@ -4,7 +4,8 @@
 //! examples/pipeline.yaml) gives the same artifacts and reports as the
 //! local executor; a failure skips `success()` dependents and runs
 //! `failure()` ones; fail-fast cancels pending jobs; SIGINT leaves no job
-//! queued; a step's job cancelled from outside is an infra fault, retried.
+//! queued; a step's job cancelled from outside is an infra fault, retried;
+//! `--detach` and `sbxrun report --wait`; `doctor --executor slurm`.
 //!
 //! One cluster serves every scenario, one after the other, so the scenarios
 //! live in one test.
@@ -303,6 +304,47 @@ fn the_slurm_executor_runs_jobs_like_the_local_one() {
     assert_eq!(attempts[1]["verdict"], "passed");
     assert_ne!(attempts[1]["slurm"]["job_id"], first.as_str());
     assert_eq!(step(&r, "next")["verdict"], "passed");
+    assert!(cluster.queued().is_empty(), "{:?}", cluster.queued());
+
+    // 6. --detach returns once submitted; `report --wait` follows the
+    //    jobs to the end; `report` alone rebuilds the same outcome.
+    let out = d.join("detached");
+    let (o, r) = run(&cluster, &fail, &out, &["--executor", "slurm", "--detach"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("report"), "{}", text(&o.stderr));
+    assert_eq!(r["status"], "running");
+    let follow = |extra: &[&str]| {
+        cluster
+            .cmd(&sbxrun_exe())
+            .arg("report")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = follow(&["--wait"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let r = report(&out);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(step(&r, "after-bad")["verdict"], "skipped");
+    assert_eq!(step(&r, "on-failure")["verdict"], "passed");
+    let o = follow(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(comparable(&report(&out)), comparable(&r));
+
+    // 7. The doctor runs a step on a node through Slurm.
+    let o = cluster
+        .cmd(&sbxrun_exe())
+        .args(["doctor", "--executor", "slurm", "--out"])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("passed on node"),
+        "{}",
+        text(&o.stdout)
+    );
     assert!(cluster.queued().is_empty(), "{:?}", cluster.queued());
 }
 
