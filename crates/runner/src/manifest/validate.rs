@@ -12,7 +12,7 @@ use super::cache::CacheSetting;
 use super::de::Spanned;
 use super::egress::Egress;
 use super::error::{did_you_mean, Problem};
-use super::interpolate::{expressions, Expr};
+use super::interpolate::{expressions, substitute, Expr};
 use super::model::{Defaults, Input, Job, Limits, Resources, Step, StepId};
 use super::resolve::ImageRef;
 use super::source::{SourceFile, Span};
@@ -44,6 +44,10 @@ pub const OUTPUT_RANGE: (ByteSize, ByteSize) = (ByteSize(KI), ByteSize(GI));
 pub const FILE_SIZE_RANGE: (ByteSize, ByteSize) = (ByteSize(KI), ByteSize(1024 * GI));
 /// Most instances one step's matrix may expand to.
 pub const MAX_MATRIX_INSTANCES: usize = 1024;
+
+/// Most instances' host paths checked for one host input with matrix
+/// values in it.
+const MAX_HOST_PATH_CHECKS: usize = MAX_MATRIX_INSTANCES;
 
 /// Runs every check; returns the problems found (empty when valid).
 pub fn validate(job: &Job) -> Vec<Problem> {
@@ -283,7 +287,7 @@ impl Validator<'_> {
             self.step_ref(need, &format!("{at}.needs[{i}]"));
         }
         for (i, input) in step.inputs.iter().enumerate() {
-            self.input(id, input, &keys, &format!("{at}.inputs[{i}]"));
+            self.input(id, step, input, &keys, &format!("{at}.inputs[{i}]"));
         }
         for (i, out) in step.outputs.iter().enumerate() {
             let field = format!("{at}.outputs[{i}]");
@@ -365,7 +369,7 @@ impl Validator<'_> {
         false
     }
 
-    fn input(&mut self, id: &StepId, input: &Spanned<Input>, keys: &[&str], at: &str) {
+    fn input(&mut self, id: &StepId, step: &Step, input: &Spanned<Input>, keys: &[&str], at: &str) {
         let what = format!("step `{id}`");
         match (&input.host, &input.step) {
             (Some(_), Some(_)) | (None, None) => self.push(
@@ -390,8 +394,8 @@ impl Validator<'_> {
                         .with_field(format!("{at}.path")),
                     );
                 }
-                self.expressions(host, &[], "a host input", &format!("{at}.host"));
-                self.host_path(host, &format!("{at}.host"));
+                self.expressions(host, keys, &what, &format!("{at}.host"));
+                self.host_paths(step, host, &format!("{at}.host"));
             }
             (None, Some(producer)) => {
                 if self.step_ref(producer, &format!("{at}.step")) {
@@ -466,16 +470,69 @@ impl Validator<'_> {
         }
     }
 
+    /// A host input with `${{ matrix.KEY }}` names one path per instance
+    /// (`subs/${{ matrix.sub }}.py`): each must pass [`Self::host_path`].
+    /// Only the keys the path uses are expanded, and at most
+    /// [`MAX_HOST_PATH_CHECKS`] paths are checked.
+    fn host_paths(&mut self, step: &Step, host: &Spanned<String>, field: &str) {
+        let used: Vec<(&str, &Vec<Spanned<String>>)> = step
+            .matrix
+            .iter()
+            .filter(|(k, _)| host.contains(&format!("matrix.{}", k.as_str())))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        if used.is_empty() {
+            self.host_path(host, host.as_str(), None, field);
+            return;
+        }
+        let mut combos: Vec<Vec<(&str, &str)>> = vec![Vec::new()];
+        for (key, values) in &used {
+            combos = combos
+                .iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((*key, v.as_str()));
+                        c
+                    })
+                })
+                .take(MAX_HOST_PATH_CHECKS)
+                .collect();
+        }
+        for combo in combos {
+            let path = substitute(host, |k| {
+                combo.iter().find(|(ck, _)| *ck == k).map(|(_, v)| *v)
+            });
+            let values: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let before = self.problems.len();
+            self.host_path(host, &path, Some(&values.join(",")), field);
+            if self.problems.len() > before {
+                // One missing instance says enough; the rest are alike.
+                return;
+            }
+        }
+    }
+
     /// A host input must exist and stay inside the manifest's directory
-    /// (after following symlinks).
-    fn host_path(&mut self, host: &Spanned<String>, field: &str) {
+    /// (after following symlinks). `path` is `host` with the matrix
+    /// values of the instance `instance` substituted.
+    fn host_path(
+        &mut self,
+        host: &Spanned<String>,
+        path: &str,
+        instance: Option<&str>,
+        field: &str,
+    ) {
         let base = &self.src.dir;
         let problem = |msg: String, label: &str| {
             Problem::new("manifest::host_path", msg, host.span, label).with_field(field)
         };
-        let joined = base.join(host.as_str());
-        let escapes_lexically =
-            Path::new(host.as_str()).is_absolute() || host.split('/').any(|c| c == "..");
+        let shown = match instance {
+            Some(values) => format!("`{path}` (for {values})"),
+            None => format!("`{path}`"),
+        };
+        let joined = base.join(path);
+        let escapes_lexically = Path::new(path).is_absolute() || path.split('/').any(|c| c == "..");
         let escapes = match (joined.canonicalize(), base.canonicalize()) {
             (Ok(resolved), Ok(root)) => Some(!resolved.starts_with(&root)),
             (Err(_), _) if escapes_lexically => Some(true),
@@ -485,10 +542,7 @@ impl Validator<'_> {
             Some(false) => {}
             Some(true) => {
                 let p = problem(
-                    format!(
-                        "host input `{}` is outside the manifest's directory",
-                        host.as_str()
-                    ),
+                    format!("host input {shown} is outside the manifest's directory"),
                     "escapes the manifest's directory",
                 )
                 .with_help("host inputs are relative to the manifest and stay below it");
@@ -496,7 +550,7 @@ impl Validator<'_> {
             }
             None => {
                 let p = problem(
-                    format!("host input `{}` does not exist", host.as_str()),
+                    format!("host input {shown} does not exist"),
                     "no such file or directory",
                 )
                 .with_help(format!(

@@ -141,7 +141,7 @@ pub(crate) fn instance(
             let to = sub(i.destination());
             Some(match i.source()? {
                 InputSource::Host(h) => PlannedInput::Host {
-                    path: job.source.dir.join(h),
+                    path: job.source.dir.join(sub(h)),
                     to,
                 },
                 InputSource::Step { step, path } => PlannedInput::Step {

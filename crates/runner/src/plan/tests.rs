@@ -236,3 +236,44 @@ fn graph_renders_in_each_format() {
     let mermaid = p.render(Format::Mermaid);
     assert!(mermaid.contains("n0 --> n1"));
 }
+
+#[test]
+fn host_inputs_take_each_instances_matrix_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("subs")).unwrap();
+    for who in ["alice", "bob"] {
+        std::fs::write(dir.path().join(format!("subs/{who}.py")), "print(1)").unwrap();
+    }
+    let yaml = "
+name: grade
+steps:
+  grade:
+    matrix: { sub: [alice, bob] }
+    inputs: [{ host: 'subs/${{ matrix.sub }}.py', to: sub.py }]
+    run: python3 sub.py
+";
+    let src = SourceFile::new(
+        "g.yaml",
+        yaml.to_owned(),
+        dir.path().to_owned(),
+        Syntax::Yaml,
+    );
+    let job = load_source(src).unwrap_or_else(|e| panic!("{}", crate::manifest::render(&e, true)));
+    let p = Plan::new(&job, &Selection::All).unwrap();
+    let hosts: Vec<std::path::PathBuf> = p
+        .instances()
+        .iter()
+        .flat_map(|i| &i.inputs)
+        .filter_map(|i| match i {
+            PlannedInput::Host { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            dir.path().join("subs/alice.py"),
+            dir.path().join("subs/bob.py")
+        ]
+    );
+}
