@@ -129,6 +129,7 @@ impl JunitFile {
             file: FILE,
             reason: crate::errors::chain(&e),
         })?;
+        let xml = junit::with_run_time(xml, report.duration_ms);
         atomic_write(&self.path, &xml).map_err(|error| SinkError::Write { file: FILE, error })
     }
 }

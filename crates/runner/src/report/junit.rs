@@ -199,6 +199,33 @@ pub fn build(
     junit
 }
 
+/// Gives `<testsuites>` and the job's `<testsuite>` the run's wall time.
+/// junit-report writes the sum of the testcases' times instead, which
+/// counts parallel steps twice and queueing never; CI pages show the
+/// suite's time as the job's duration.
+pub fn with_run_time(xml: Vec<u8>, duration_ms: f64) -> Vec<u8> {
+    let Ok(mut text) = String::from_utf8(xml) else {
+        return Vec::new();
+    };
+    let secs = format!("{:.3}", (duration_ms / 1000.0).max(0.0));
+    if let Some(at) = text.find("<testsuites>") {
+        text.replace_range(
+            at..at + "<testsuites>".len(),
+            &format!("<testsuites time=\"{secs}\">"),
+        );
+    }
+    if let Some(start) = text.find("<testsuite ") {
+        let end = text[start..].find('>').map_or(text.len(), |e| start + e);
+        if let Some(t) = text[start..end].find(" time=\"") {
+            let value = start + t + " time=\"".len();
+            if let Some(close) = text[value..end].find('"') {
+                text.replace_range(value..value + close, &secs);
+            }
+        }
+    }
+    text.into_bytes()
+}
+
 /// Serialises the document.
 pub fn to_bytes(junit: &JUnit) -> Result<Vec<u8>, JunitError> {
     let mut out = Vec::new();
@@ -356,6 +383,27 @@ mod tests {
         assert!(xml.contains(r#"failures="1""#), "{xml}");
         assert!(xml.contains("allowed_failure=failed: exit code 3"), "{xml}");
         assert!(xml.contains(r#"timestamp="2026-12-06T21:00:00Z""#), "{xml}");
+    }
+
+    #[test]
+    fn the_suite_takes_the_runs_wall_time_not_the_sum_of_its_steps() {
+        use crate::report::model::{test_report, test_step};
+        // Two steps of 1.2 s each ran side by side in a 1.5 s run.
+        let report = test_report(vec![
+            test_step("a", EgressReport::default()),
+            test_step("b", EgressReport::default()),
+        ]);
+        let junit = build(&report, &|_| Tails::default(), &|_| Vec::new());
+        let summed = String::from_utf8(to_bytes(&junit).unwrap()).unwrap();
+        assert!(summed.contains(r#"time="2.4""#), "{summed}");
+        let xml =
+            String::from_utf8(with_run_time(summed.into_bytes(), report.duration_ms)).unwrap();
+        assert!(xml.contains(r#"<testsuites time="1.500">"#), "{xml}");
+        let suite = &xml[xml.find("<testsuite ").unwrap()..];
+        let suite = &suite[..suite.find('>').unwrap()];
+        assert!(suite.ends_with(r#"time="1.500""#), "{suite}");
+        // Testcases keep their own times.
+        assert!(xml.contains(r#"name="a" time="1.2""#), "{xml}");
     }
 
     fn egress(policy: &str, denied: &[(&str, u64)], not_kept: u64) -> EgressReport {
