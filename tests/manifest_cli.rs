@@ -79,3 +79,81 @@ fn bad_usage_exits_two() {
         Some(2)
     );
 }
+
+/// `sbxrun ARGS` with `input` on standard input.
+fn sbxrun_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sbxrun"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_manifest_is_read_from_standard_input_in_either_syntax() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline.yaml"),
+    )
+    .unwrap()
+    // Host inputs are relative to the current directory for `-`.
+    .replace("host: data", "host: examples/data");
+    let out = sbxrun_with_stdin(&["validate", "-"], &yaml);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("<stdin>: ok: job `word-count`, 4 steps"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let kdl = "name \"k\"\nstep \"hi\" {\n    run \"echo hi\"\n}\n";
+    let out = sbxrun_with_stdin(&["validate", "-", "--syntax", "kdl"], kdl);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = sbxrun_with_stdin(&["graph", "-", "--syntax", "kdl"], kdl);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("hi"));
+
+    // Diagnostics name the stream and the line.
+    let out = sbxrun_with_stdin(
+        &["validate", "-"],
+        "name: x\nsteps:\n  a:\n    runn: make\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("<stdin>:4"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The nodes of a Slurm run cannot read this process's stdin.
+    let out = sbxrun_with_stdin(
+        &[
+            "run",
+            "-",
+            "--syntax",
+            "kdl",
+            "--executor",
+            "slurm",
+            "-o",
+            "/nonexistent/x",
+        ],
+        kdl,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not `-`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -17,6 +17,10 @@ pub struct Args {
     /// Only these steps (or instances, `test[case=a]`) and what they need.
     #[arg(long = "only", value_name = "STEP")]
     pub only: Vec<String>,
+    /// The manifest's syntax, for `-` (default yaml) or a file whose name
+    /// does not say.
+    #[arg(long, value_enum)]
+    pub syntax: Option<super::validate::ManifestSyntax>,
 }
 
 /// `--format` values.
@@ -37,7 +41,7 @@ pub fn run(args: Args) -> CliResult {
     } else {
         Selection::Only(args.only)
     };
-    let (_, plan) = super::validate::load_and_plan(&args.job, &selection)?;
+    let (_, plan) = super::validate::load_and_plan(&args.job, args.syntax, &selection)?;
     let format = match args.format {
         GraphFormat::Text => Format::Text,
         GraphFormat::Dot => Format::Dot,

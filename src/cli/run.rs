@@ -13,8 +13,13 @@ use sbxrun_runner::runner::{self, CacheOptions, PoolBase, RunOptions};
 /// Arguments of `sbxrun run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job manifest (`.yaml`, `.yml` or `.kdl`).
+    /// The job manifest (`.yaml`, `.yml` or `.kdl`), or `-` for standard
+    /// input (host inputs are then relative to the current directory).
     pub job: PathBuf,
+    /// The manifest's syntax, for `-` (default yaml) or a file whose name
+    /// does not say.
+    #[arg(long, value_enum, alias = "format")]
+    pub syntax: Option<super::validate::ManifestSyntax>,
     /// Run directory for reports, logs and artifacts
     /// (default: `sbxrun-out/<job>-<timestamp>/`).
     #[arg(long, short = 'o', value_name = "DIR")]
@@ -211,7 +216,7 @@ impl Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> CliResult {
-    let (job, plan) = super::validate::load_and_plan(&args.job, &args.selection())?;
+    let (job, plan) = super::validate::load_and_plan(&args.job, args.syntax, &args.selection())?;
     sbxrun_runner::manifest::check_secrets(&job, |n| std::env::var_os(n).is_some())
         .map_err(|e| CliError::Manifest(sbxrun_runner::manifest::render(&e, true)))?;
     let run_dir = args
@@ -220,6 +225,11 @@ pub fn run(args: Args) -> CliResult {
         .unwrap_or_else(|| runner::default_run_dir(job.name.as_str()));
     prepare_run_dir(&run_dir, args.force).map_err(CliError::usage)?;
     if args.slurm.executor == Executor::Slurm {
+        if super::validate::is_stdin(&args.job) {
+            return Err(CliError::usage(
+                "--executor slurm needs the manifest in a file the nodes can read, not `-`",
+            ));
+        }
         return super::slurm::submit(args, job, plan, run_dir);
     }
     if args.slurm.detach {

@@ -100,7 +100,7 @@ pub struct StepArgs {
 pub fn step(a: StepArgs) -> CliResult {
     let run_dir = absolute(&a.run_dir)?;
     let args = replay(&run_dir)?;
-    let (job, plan) = super::validate::load_and_plan(&args.job, &args.selection())?;
+    let (job, plan) = super::validate::load_and_plan(&args.job, args.syntax, &args.selection())?;
     let pools = match args.pool_base(&run_dir, 0) {
         Ok(p) => p,
         // This node cannot run VMs: the step says why, and the job still
@@ -152,7 +152,7 @@ pub struct ReportArgs {
 pub fn report(a: ReportArgs) -> CliResult {
     let run_dir = absolute(&a.run_dir)?;
     let args = replay(&run_dir)?;
-    let (job, plan) = super::validate::load_and_plan(&args.job, &args.selection())?;
+    let (job, plan) = super::validate::load_and_plan(&args.job, args.syntax, &args.selection())?;
     let verbosity = match (a.verbose, a.quiet) {
         (true, _) => Verbosity::Verbose,
         (_, true) => Verbosity::Quiet,

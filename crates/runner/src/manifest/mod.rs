@@ -39,15 +39,24 @@ pub use validate::{output_covers, MAX_MATRIX_INSTANCES};
 /// Reads, parses and validates a manifest file (`.yaml`, `.yml`, `.kdl`).
 /// Host input paths are resolved against the file's directory.
 pub fn load(path: &Path) -> Result<Job, ManifestError> {
+    load_as(path, None)
+}
+
+/// [`load`] with the syntax given (`--syntax`) instead of taken from the
+/// file name.
+pub fn load_as(path: &Path, syntax: Option<Syntax>) -> Result<Job, ManifestError> {
     if path.is_dir() {
         return Err(ManifestError::IsDirectory {
             path: path.to_owned(),
             manifests: manifests_in(path),
         });
     }
-    let syntax = Syntax::from_path(path).ok_or_else(|| ManifestError::UnknownFormat {
-        path: path.to_owned(),
-    })?;
+    let syntax =
+        syntax
+            .or_else(|| Syntax::from_path(path))
+            .ok_or_else(|| ManifestError::UnknownFormat {
+                path: path.to_owned(),
+            })?;
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: path.to_owned(),
         source,

@@ -74,7 +74,10 @@ fn step_case(manifest: &str, s: &StepReport) -> TestCase {
     }
     // Instances of one step (a matrix) group under the step's id.
     case.set_classname(&xml_safe(&s.step));
-    case.set_filepath(&xml_safe(manifest));
+    // `file` names a file: a manifest read from standard input has none.
+    if !manifest.is_empty() && manifest != "-" {
+        case.set_filepath(&xml_safe(manifest));
+    }
     case
 }
 
@@ -383,6 +386,19 @@ mod tests {
         assert!(xml.contains(r#"failures="1""#), "{xml}");
         assert!(xml.contains("allowed_failure=failed: exit code 3"), "{xml}");
         assert!(xml.contains(r#"timestamp="2026-12-06T21:00:00Z""#), "{xml}");
+    }
+
+    #[test]
+    fn a_manifest_from_standard_input_gives_no_file_attribute() {
+        use crate::report::model::{test_report, test_step};
+        let mut report = test_report(vec![test_step("a", EgressReport::default())]);
+        let xml = |r: &Report| {
+            String::from_utf8(to_bytes(&build(r, &|_| Tails::default(), &|_| Vec::new())).unwrap())
+                .unwrap()
+        };
+        assert!(xml(&report).contains(r#"file="job.yaml""#));
+        report.job.manifest = "-".into();
+        assert!(!xml(&report).contains("file="), "{}", xml(&report));
     }
 
     #[test]
