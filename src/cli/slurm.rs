@@ -151,6 +151,9 @@ pub struct ReportArgs {
 /// `sbxrun report RUN_DIR [--wait]`.
 pub fn report(a: ReportArgs) -> CliResult {
     let run_dir = absolute(&a.run_dir)?;
+    // A local run writes its reports as it goes: there is nothing to
+    // rebuild, and naming one is a usage error, not a fault.
+    Records::new(&run_dir).submit().map_err(CliError::Usage)?;
     let args = replay(&run_dir)?;
     let (job, plan) = super::validate::load_and_plan(&args.job, args.syntax, &args.selection())?;
     let verbosity = match (a.verbose, a.quiet) {

@@ -151,6 +151,11 @@ pub struct Step {
     /// A JUnit XML file the step writes, merged into the job's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub junit: Option<Spanned<String>>,
+    /// The `classname` of this step's testcase in the job's JUnit report
+    /// (default: the step id); takes `${{ matrix.KEY }}`, so a matrix can
+    /// group by one of its values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_classname: Option<Spanned<String>>,
     /// In-guest limits (override `defaults.limits` field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,

@@ -294,6 +294,10 @@ impl Validator<'_> {
             self.expressions(out, &keys, &format!("step `{id}`"), &field);
             self.rel_path(out, "output", &field, true);
         }
+        if let Some(c) = &step.junit_classname {
+            let field = format!("{at}.junit_classname");
+            self.expressions(c, &keys, &format!("step `{id}`"), &field);
+        }
         if let Some(j) = &step.junit {
             let field = format!("{at}.junit");
             self.expressions(j, &keys, &format!("step `{id}`"), &field);

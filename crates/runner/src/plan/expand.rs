@@ -67,6 +67,8 @@ pub struct Instance {
     pub outputs: Vec<String>,
     /// A JUnit file the step writes.
     pub junit: Option<String>,
+    /// The classname of its JUnit testcase, when the step chose one.
+    pub junit_classname: Option<String>,
     /// Image, size, limits, egress, user, timeout, retries.
     pub settings: Settings,
     /// Failures of the step itself that are retried.
@@ -162,6 +164,7 @@ pub(crate) fn instance(
         inputs,
         outputs: step.outputs.iter().map(|o| sub(o)).collect(),
         junit: step.junit.as_ref().map(|j| sub(j)),
+        junit_classname: step.junit_classname.as_ref().map(|c| sub(c)),
         settings: settings.clone(),
         retry_on: step.retry_on.clone(),
         allow_failure: step.allow_failure,

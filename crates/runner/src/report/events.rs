@@ -33,6 +33,8 @@ pub struct StepInfo {
     pub egress: EgressReport,
     /// Where the step's own JUnit file lands on the host, if it has one.
     pub junit: Option<PathBuf>,
+    /// The classname of its JUnit testcase, when the step chose one.
+    pub junit_classname: Option<String>,
 }
 
 /// Tails of a step's output, for `system-out`/`system-err` and the

@@ -72,8 +72,9 @@ fn step_case(manifest: &str, s: &StepReport) -> TestCase {
             *cause = Some(message.clone());
         }
     }
-    // Instances of one step (a matrix) group under the step's id.
-    case.set_classname(&xml_safe(&s.step));
+    // Instances of one step (a matrix) group under the step's id, or
+    // under what the step chose.
+    case.set_classname(&xml_safe(s.junit_classname.as_deref().unwrap_or(&s.step)));
     // `file` names a file: a manifest read from standard input has none.
     if !manifest.is_empty() && manifest != "-" {
         case.set_filepath(&xml_safe(manifest));
@@ -386,6 +387,24 @@ mod tests {
         assert!(xml.contains(r#"failures="1""#), "{xml}");
         assert!(xml.contains("allowed_failure=failed: exit code 3"), "{xml}");
         assert!(xml.contains(r#"timestamp="2026-12-06T21:00:00Z""#), "{xml}");
+    }
+
+    #[test]
+    fn a_step_may_choose_its_testcases_classname() {
+        use crate::report::model::{test_report, test_step};
+        let mut chosen = test_step("t[case=a]", EgressReport::default());
+        chosen.step = "t".into();
+        chosen.junit_classname = Some("grades.alice".into());
+        let report = test_report(vec![chosen, test_step("build", EgressReport::default())]);
+        let xml = String::from_utf8(
+            to_bytes(&build(&report, &|_| Tails::default(), &|_| Vec::new())).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            xml.contains(r#"name="t[case=a]" time="1.2" classname="grades.alice""#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"classname="build""#), "{xml}");
     }
 
     #[test]

@@ -303,6 +303,10 @@ pub struct StepReport {
     /// What the step cache did with the step (absent with `--no-cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheReport>,
+    /// The classname of its JUnit testcase, when the step chose one
+    /// (`junit_classname`; otherwise the step id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_classname: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -466,5 +470,6 @@ pub(crate) fn test_step(name: &str, egress: EgressReport) -> StepReport {
         image: None,
         cached: false,
         cache: None,
+        junit_classname: None,
     }
 }

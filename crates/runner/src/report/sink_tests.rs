@@ -21,6 +21,7 @@ fn info(name: &str, junit: Option<&Path>) -> StepInfo {
             ..EgressReport::default()
         },
         junit: junit.map(Path::to_path_buf),
+        junit_classname: None,
     }
 }
 

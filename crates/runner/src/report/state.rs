@@ -65,6 +65,7 @@ fn not_run(info: &StepInfo) -> StepReport {
         image: None,
         cached: false,
         cache: None,
+        junit_classname: info.junit_classname.clone(),
     }
 }
 

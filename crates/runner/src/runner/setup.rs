@@ -83,6 +83,7 @@ pub fn run_started(job: &Job, manifest: String, plan: &Plan, run_dir: &Path) -> 
                     .junit
                     .as_ref()
                     .map(|j| artifact_dir(run_dir, &inst.name).join(j)),
+                junit_classname: inst.junit_classname.clone(),
             }
         })
         .collect();
