@@ -15,35 +15,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Lowercase hex SHA-256 and length of a file's contents.
-pub fn sha256_file(path: &Path) -> Result<(String, u64), StoreError> {
-    let mut f = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut len = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| StoreError::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), len))
-}
-
-/// Copies `src` into the new file `dest`, hashing on the way: one read
-/// of the source gives both the copy and its digest. Returns the hex
-/// SHA-256 and length of what was written.
-pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(String, u64), StoreError> {
-    let mut input = File::open(src).map_err(|e| StoreError::io("open", src, e))?;
-    let mut out = File::options()
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .map_err(|e| StoreError::io("create", dest, e))?;
+/// Reads `input` (the file at `src`) to its end, hashing it and, when
+/// given, writing it to `out` (the file at the path beside it).
+fn hash_through(
+    mut input: File,
+    src: &Path,
+    mut out: Option<(File, &Path)>,
+) -> Result<(String, u64), StoreError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
@@ -55,11 +33,32 @@ pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(String, u64), StoreError
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| StoreError::io("write", dest, e))?;
+        if let Some((f, dest)) = &mut out {
+            f.write_all(&buf[..n])
+                .map_err(|e| StoreError::io("write", dest, e))?;
+        }
         len += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), len))
+}
+
+/// Lowercase hex SHA-256 and length of a file's contents.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), StoreError> {
+    let f = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    hash_through(f, path, None)
+}
+
+/// Copies `src` into the new file `dest`, hashing on the way: one read
+/// of the source gives both the copy and its digest. Returns the hex
+/// SHA-256 and length of what was written.
+pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(String, u64), StoreError> {
+    let input = File::open(src).map_err(|e| StoreError::io("open", src, e))?;
+    let out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(|e| StoreError::io("create", dest, e))?;
+    hash_through(input, src, Some((out, dest)))
 }
 
 #[cfg(test)]

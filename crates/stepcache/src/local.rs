@@ -57,6 +57,16 @@ pub struct Eviction {
     pub bytes: u64,
 }
 
+/// A lock file, created if missing; its contents never matter.
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))
+}
+
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn is_hex_digest(s: &str) -> bool {
@@ -139,12 +149,7 @@ impl LocalStore {
     /// (eviction) until the file is dropped.
     fn lock(&self, exclusive: bool, wait: bool) -> Result<Option<File>, StoreError> {
         let path = self.root.join("lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("open", &path, e))?;
+        let f = open_lock_file(&path)?;
         let got = match (exclusive, wait) {
             (true, true) => f.lock().map(|_| true),
             (false, true) => f.lock_shared().map(|_| true),
@@ -179,12 +184,7 @@ impl LocalStore {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<KeyLock>, StoreError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("open", &path, e))?;
+        let f = open_lock_file(&path)?;
         loop {
             match f.try_lock() {
                 Ok(()) => return Ok(Some(KeyLock { _file: f })),

@@ -44,6 +44,11 @@ impl Fixture {
 
     /// The key of the first instance of `yaml`, a manifest in `manifest_dir`.
     fn key_in(&self, yaml: &str, manifest_dir: &Path) -> CacheKey {
+        self.key_of(yaml, manifest_dir, 0)
+    }
+
+    /// The key of instance `index` of `yaml`, a manifest in `manifest_dir`.
+    fn key_of(&self, yaml: &str, manifest_dir: &Path, index: usize) -> CacheKey {
         let src = SourceFile::new(
             "t.yaml",
             yaml.to_owned(),
@@ -71,7 +76,7 @@ impl Fixture {
             config: None,
             pulled: false,
         };
-        compute(&ctx, plan.instance(InstanceId(0)), &image).unwrap()
+        compute(&ctx, plan.instance(InstanceId(index)), &image).unwrap()
     }
 
     fn key(&self, yaml: &str) -> CacheKey {
@@ -214,32 +219,7 @@ steps:
 ";
     f.write("run/artifacts/build/bin/t", "v1");
     f.write("run/artifacts/build/docs/readme", "v1");
-    let key = |f: &Fixture| {
-        let src = SourceFile::new("t.yaml", yaml.to_owned(), f.path("src"), Syntax::Yaml);
-        let job = load_source(src).unwrap();
-        let plan = Plan::new(&job, &Selection::All).unwrap();
-        let ctx = KeyContext {
-            plan: &plan,
-            run_dir: &f.path("run"),
-            kernel: &f.path("vmlinux"),
-            initramfs: &f.path("initramfs"),
-            store: &f.store,
-            files: FileDigests {
-                memo: &f.memo,
-                produced: &f.produced,
-            },
-        };
-        let image = StepImage {
-            ext4: f.path("root.ext4"),
-            reference: "default".into(),
-            digest: None,
-            config: None,
-            pulled: false,
-        };
-        compute(&ctx, plan.instance(InstanceId(1)), &image)
-            .unwrap()
-            .key
-    };
+    let key = |f: &Fixture| f.key_of(yaml, &f.path("src"), 1).key;
     let base = key(&f);
     f.write("run/artifacts/build/docs/readme", "v2");
     assert_eq!(key(&f), base, "docs/ is not an input of `test`");
