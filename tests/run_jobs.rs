@@ -68,6 +68,38 @@ fn verdict(report: &Value, name: &str) -> String {
         .to_owned()
 }
 
+/// The `--log-format json` lines of a run: all on stdout, each valid
+/// against the checked-in events schema, timestamps never going back.
+fn json_events(o: &Output) -> Vec<Value> {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/events.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("events schema compiles");
+    let stderr = text(&o.stderr);
+    assert!(
+        !stderr.lines().any(|l| l.starts_with('{')),
+        "JSON events belong on stdout only: {stderr}"
+    );
+    let mut last = String::new();
+    text(&o.stdout)
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{line}: {errors:?}");
+            let at = v["timestamp"].as_str().unwrap().to_owned();
+            assert!(at >= last, "timestamps went back: {last} then {at}");
+            last = at;
+            v
+        })
+        .collect()
+}
+
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -161,9 +193,10 @@ concurrency: 4
     );
     let m = write(dir.path(), "dag.yaml", manifest.as_bytes());
     let out = dir.path().join("out");
-    let o = run_job(&m, &out, &[]);
+    let o = run_job(&m, &out, &["--log-format", "json", "--verbose"]);
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "stderr: {stderr}");
+    let events = json_events(&o);
     let r = report(&out);
     assert_eq!(r["status"], "failed");
     for (name, want) in [
@@ -219,7 +252,44 @@ concurrency: 4
         assert!(!body.contains("tok-Zq81"), "{f} leaks the secret");
     }
     assert!(!stderr.contains("tok-Zq81"));
+    assert!(!text(&o.stdout).contains("tok-Zq81"));
     assert!(out.join("logs/broken.console").is_file());
+
+    // The JSON event stream: one run on stdout, in order, every line
+    // valid against schemas/events.schema.json (checked in json_events).
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"run-started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"summary"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "step-finished").count(), 11);
+    let find = |kind: &str, step: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == kind && e["step"] == step)
+            .unwrap_or_else(|| panic!("no {kind} event for {step}: {kinds:?}"))
+    };
+    let mat = find("finished", "mat[case=y]");
+    assert_eq!(mat["id"], "mat");
+    assert_eq!(mat["matrix"]["case"], "y");
+    assert_eq!(mat["verdict"], "passed");
+    assert_eq!(mat["exit_code"], 0);
+    assert!(mat["duration_ms"].as_f64().unwrap() > 0.0, "{mat}");
+    assert_eq!(find("finished", "flaky")["exit_code"], 3);
+    let skipped = find("step-finished", "dependent");
+    assert_eq!(skipped["verdict"], "skipped");
+    assert_eq!(skipped["attempts"], 0);
+    assert_eq!(skipped["reason"], "dependency `broken` failed");
+    let said = find("output", "broken");
+    assert_eq!(
+        (&said["stream"], &said["line"]),
+        (&"stderr".into(), &"bad things".into())
+    );
+    let summary = events.last().unwrap();
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["verdicts"]["skipped"], 1);
+    assert_eq!(summary["run_dir"], out.display().to_string());
 
     // JUnit, as a real consumer reads it.
     let cases = junit_cases(&out);
@@ -282,7 +352,11 @@ fail_fast: true
   evil:
     user: root
     inputs: [{{ host: evil }}]
-    run: dd if=evil.tar of=/dev/vdc conv=fsync 2>/dev/null
+    run: |
+      echo first-out
+      echo then-err >&2
+      dd if=evil.tar of=/dev/vdc conv=fsync 2>/dev/null
+      echo last-out
     outputs: [out/]
   later:
     run: echo too late
@@ -306,6 +380,12 @@ fail_fast: true
     assert!(!dir.path().join("escape").exists() && !dir.path().join("run/escape").exists());
     assert!(!Path::new("/tmp/sbxrun-absolute").exists());
     assert!(!out.join("artifacts/evil").exists());
+    // The failure's tail keeps stdout and stderr in the order they came.
+    let tail: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("evil | "))
+        .collect();
+    assert_eq!(tail, ["first-out", "then-err", "last-out"], "{stderr}");
     // fail-fast: the step that never got a slot is cancelled.
     assert_eq!(verdict(&r, "later"), "cancelled");
     assert!(stderr.contains("fail-fast"), "{stderr}");

@@ -3,28 +3,33 @@
 
 use std::path::Path;
 
+use sbxrun_runner::report::json_log::events_schema;
 use sbxrun_runner::report::report_schema;
 
-const SCHEMA: &str = "schemas/report.schema.json";
-
-fn generated() -> String {
-    let mut text = serde_json::to_string_pretty(&report_schema()).expect("schema encodes");
-    text.push('\n');
-    text
-}
-
-#[test]
-fn checked_in_report_schema_matches_the_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SCHEMA);
-    let generated = generated();
+/// Compares `schemas/<file>` with what the types generate (and rewrites it
+/// under `UPDATE_SCHEMAS`).
+fn check_generated(file: &str, schema: serde_json::Value) {
+    let mut generated = serde_json::to_string_pretty(&schema).expect("schema encodes");
+    generated.push('\n');
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     if std::env::var_os("UPDATE_SCHEMAS").is_some() {
-        std::fs::write(&path, &generated).unwrap_or_else(|e| panic!("writing {SCHEMA}: {e}"));
+        std::fs::write(&path, &generated).unwrap_or_else(|e| panic!("writing {file}: {e}"));
     }
     let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         on_disk == generated,
-        "{SCHEMA} is stale; regenerate with `UPDATE_SCHEMAS=1 cargo test --test run_schema`"
+        "{file} is stale; regenerate with `UPDATE_SCHEMAS=1 cargo test --test run_schema`"
     );
+}
+
+#[test]
+fn checked_in_report_schema_matches_the_types() {
+    check_generated("schemas/report.schema.json", report_schema());
+}
+
+#[test]
+fn checked_in_events_schema_matches_the_types() {
+    check_generated("schemas/events.schema.json", events_schema());
 }
 
 #[test]

@@ -264,7 +264,10 @@ fn root_image(args: &ExecArgs) -> Result<StepImage, CliError> {
             Ok(plain(ext4, path.display().to_string()))
         }
         Some(ImageRef::Container(source)) => {
-            let progress = super::image::progress(sbxrun_runner::report::console::LogFormat::Text);
+            let progress = super::prep::progress(
+                sbxrun_runner::report::console::LogFormat::Text,
+                super::prep::JsonTo::Stderr,
+            );
             let resolved =
                 sbxrun_image::resolve(&source, &args.pull.options(), &progress.of(&source))
                     .map_err(|e| CliError::infra(&e))?;

@@ -2,14 +2,9 @@
 //! pulled and converted, and the options and progress display every
 //! command that pulls shares (`run`, `exec`, `image pull`).
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use sbxrun_image::{CachedImage, Event, ImageConfig, PullPolicy, Store};
+use sbxrun_image::{CachedImage, ImageConfig, PullPolicy, Store};
 use serde::Serialize;
 
 use super::stdout::{out, outln};
@@ -17,7 +12,6 @@ use super::units::{format_age, format_bytes};
 use crate::errors::{CliError, CliResult, EXIT_OK};
 use sbxrun_runner::assets;
 use sbxrun_runner::report::console::LogFormat;
-use sbxrun_runner::runner::ImageProgress;
 
 /// The image cache's size cap: past it the least recently used images and
 /// then the blobs no image needs are removed after each pull.
@@ -159,7 +153,8 @@ fn pull_image(reference: &str, args: &PullArgs, json: bool) -> CliResult {
     } else {
         LogFormat::Text
     };
-    let progress = progress(format);
+    // The result is the one line on stdout; progress lines stay on stderr.
+    let progress = super::prep::progress(format, super::prep::JsonTo::Stderr);
     let resolved = sbxrun_image::resolve(reference, &args.options(), &progress.of(reference))
         .map_err(|e| CliError::Infra(sbxrun_runner::errors::chain(&e)))?;
     let digest = resolved.manifest_digest.as_deref().unwrap_or("");
@@ -306,117 +301,4 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The progress display of pulls: a byte bar per image on a terminal,
-/// a line per phase otherwise, JSON lines on stderr with `--log-format json`.
-pub fn progress(format: LogFormat) -> ImageProgress {
-    let display = Arc::new(PullDisplay {
-        format,
-        terminal: std::io::stderr().is_terminal(),
-        state: Mutex::new(HashMap::new()),
-    });
-    ImageProgress(Arc::new(move |image, event| display.event(image, event)))
-}
-
-struct PullDisplay {
-    format: LogFormat,
-    terminal: bool,
-    /// Per image: its bar and the bytes each blob had reached.
-    state: Mutex<HashMap<String, PullState>>,
-}
-
-struct PullState {
-    bar: Option<ProgressBar>,
-    done: HashMap<String, u64>,
-}
-
-impl PullDisplay {
-    fn event(&self, image: &str, event: &Event) {
-        if self.format == LogFormat::Json {
-            if let Some(line) = json_event(image, event) {
-                eprintln!("{line}");
-            }
-            return;
-        }
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        match event {
-            Event::Manifest {
-                digest,
-                layers,
-                missing_bytes,
-            } if *missing_bytes > 0 => {
-                eprintln!(
-                    "⇣ {image}: pulling {layers} layer{}, {} to fetch ({})",
-                    if *layers == 1 { "" } else { "s" },
-                    format_bytes(*missing_bytes),
-                    digest.get(..19).unwrap_or(digest)
-                );
-                let bar = self.terminal.then(|| {
-                    let bar = ProgressBar::new(*missing_bytes);
-                    if let Ok(style) = ProgressStyle::with_template(
-                        "  {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-                    ) {
-                        bar.set_style(style);
-                    }
-                    bar.enable_steady_tick(Duration::from_millis(200));
-                    bar
-                });
-                state.insert(
-                    image.to_owned(),
-                    PullState {
-                        bar,
-                        done: HashMap::new(),
-                    },
-                );
-            }
-            Event::BlobBytes { digest, done, .. } => {
-                if let Some(s) = state.get_mut(image) {
-                    let before = s.done.insert(digest.clone(), *done).unwrap_or(0);
-                    if let Some(bar) = &s.bar {
-                        bar.inc(done.saturating_sub(before));
-                    }
-                }
-            }
-            Event::BuildingExt4 => {
-                if let Some(bar) = state.get_mut(image).and_then(|s| s.bar.take()) {
-                    bar.finish_and_clear();
-                }
-                eprintln!("⇣ {image}: building the root image");
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The JSON line of an event; byte counts are left out (a line per chunk
-/// would drown the log), the blob's start and end are kept.
-fn json_event(image: &str, event: &Event) -> Option<serde_json::Value> {
-    let value = match event {
-        Event::Manifest {
-            digest,
-            layers,
-            missing_bytes,
-        } => serde_json::json!({"event": "image-manifest", "image": image,
-            "digest": digest, "layers": layers, "missing_bytes": missing_bytes}),
-        Event::BlobStart {
-            digest,
-            size,
-            resumed_at,
-        } => serde_json::json!({"event": "image-blob-start", "image": image,
-            "digest": digest, "size": size, "resumed_at": resumed_at}),
-        Event::BlobDone { digest } => {
-            serde_json::json!({"event": "image-blob-done", "image": image, "digest": digest})
-        }
-        Event::Applying { digest, index, of } => serde_json::json!({"event": "image-layer",
-            "image": image, "digest": digest, "index": index, "of": of}),
-        Event::BuildingExt4 => serde_json::json!({"event": "image-build", "image": image}),
-        Event::Cached { digest } => {
-            serde_json::json!({"event": "image-cached", "image": image, "digest": digest})
-        }
-        Event::BlobBytes { .. } => return None,
-    };
-    Some(value)
 }

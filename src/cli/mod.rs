@@ -6,6 +6,7 @@ mod doctor;
 mod exec;
 pub mod graph;
 mod image;
+mod prep;
 pub mod run;
 mod slurm;
 mod stdout;

@@ -200,7 +200,7 @@ impl Args {
             console_dir: run_dir.join("logs").join(".vm"),
             warm,
             images: self.pull.options(),
-            image_progress: super::image::progress(self.log_format),
+            progress: super::prep::progress(self.log_format, super::prep::JsonTo::Stdout),
         })
     }
 

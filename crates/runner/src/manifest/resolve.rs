@@ -26,6 +26,15 @@ pub enum ImageRef {
     Container(String),
 }
 
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::Name(n) | ImageRef::Container(n) => f.write_str(n),
+            ImageRef::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 impl ImageRef {
     /// What `image:` means, read the way `docs/manifest.md` documents:
     /// `default` is the built-in image; a transport prefix (`docker://`,

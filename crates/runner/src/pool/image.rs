@@ -104,6 +104,16 @@ pub enum ImageError {
 /// built into `cache/images/dirs/<key>/rootfs.ext4` (or that file is reused
 /// when it already exists); see the module docs for the key.
 pub fn resolve_image(path: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
+    resolve_image_reporting(path, cache, &|| {})
+}
+
+/// [`resolve_image`], calling `on_build` when a directory's ext4 file is
+/// not cached and is about to be built (the slow part of a first use).
+pub fn resolve_image_reporting(
+    path: &Path,
+    cache: &Path,
+    on_build: &dyn Fn(),
+) -> Result<PathBuf, ImageError> {
     // Follow a symlink at the top: `image: ./rootfs` may well be a link to
     // the real tree. Inside the tree, links are copied as links.
     let meta = fs::metadata(path).map_err(|source| match source.kind() {
@@ -120,7 +130,7 @@ pub fn resolve_image(path: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
         check_ext4(path)?;
         Ok(path.to_owned())
     } else if kind.is_dir() {
-        build_from_dir(path, cache)
+        build_from_dir(path, cache, on_build)
     } else {
         Err(ImageError::Unsupported {
             path: path.to_owned(),
@@ -169,7 +179,7 @@ struct TreeSummary {
     bytes: u64,
 }
 
-fn build_from_dir(root: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
+fn build_from_dir(root: &Path, cache: &Path, on_build: &dyn Fn()) -> Result<PathBuf, ImageError> {
     let mkfs = find_mkfs()?;
     let version = mkfs_version(&mkfs)?;
     let tree = walk(root, &version)?;
@@ -180,6 +190,7 @@ fn build_from_dir(root: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     if out.is_file() && sbxrun_image::ext4::is_ext4(&out).unwrap_or(false) {
         return Ok(out);
     }
+    on_build();
     fs::create_dir_all(&dir).map_err(|source| ImageError::Cache {
         path: dir.clone(),
         source,

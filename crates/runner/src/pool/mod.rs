@@ -11,6 +11,6 @@ pub mod snapshot;
 pub mod vm;
 pub mod warm;
 
-pub use image::{resolve_image, ImageError};
+pub use image::{resolve_image, resolve_image_reporting, ImageError};
 pub use session::{OutputStream, RunError, RunOutcome};
 pub use vm::{VmHandle, VmHandleError};

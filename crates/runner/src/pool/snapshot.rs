@@ -184,6 +184,12 @@ pub fn snapshots_dir(cache: &Path) -> PathBuf {
     cache.join("snapshots")
 }
 
+/// Whether `shape` has a snapshot in `cache` (cheaply: present, not yet
+/// checked; [`load`] checks it).
+pub fn is_present(cache: &Path, shape: &VmShape) -> bool {
+    shape_key(shape).is_ok_and(|key| snapshots_dir(cache).join(key).join("meta.json").is_file())
+}
+
 /// Loads and checks the snapshot for `key`: `Ok(None)` when there is none,
 /// `Err(Damaged)` when it exists but must be rebuilt.
 pub fn load(cache: &Path, key: &str) -> Result<Option<Snapshot>, SnapshotError> {

@@ -1,14 +1,21 @@
-//! The live console view: a line when a step starts and ends, output lines
-//! prefixed with the step name in verbose mode, failures' tails otherwise,
-//! and a summary table at the end. `--log-format json` turns every event
-//! into one JSON object per line. Live, it is a sink of the run's events.
+//! The console: on stderr, a line when a step starts and ends, output
+//! lines prefixed with the step name in verbose mode, failures' tails
+//! otherwise, and on a terminal the running steps redrawn in place with
+//! their elapsed time; a summary table on stdout at the end. With
+//! `--log-format json` every event is a JSON line on stdout instead
+//! ([`super::json_log`]). Live, it is a sink of the run's events.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::events::{EventSink, RunEvent, SinkError, StepId};
+use super::json_log::{self, JsonLog};
 use super::logs::Stream;
 use super::model::{Report, StepReport, Verdict};
+use super::term::{Paint, Terminal};
 
 /// How much to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,21 +38,39 @@ pub enum LogFormat {
 }
 
 /// What the console keeps of a step between events.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 struct StepView {
     name: String,
     allow_failure: bool,
     /// Denials by kind as the step's report has them: the last attempt
     /// that got as far as its network, else none.
     denied: BTreeMap<String, u64>,
+    /// Its redrawn line while it runs (live terminals only).
+    bar: Option<ProgressBar>,
 }
 
+/// Running steps shown in place at most; the rest are counted.
+const LIVE_STEPS: usize = 8;
+
 /// The console reporter.
-#[derive(Debug, Default)]
 pub struct Console {
     pub verbosity: Verbosity,
     pub format: LogFormat,
     steps: Vec<StepView>,
+    json: JsonLog,
+    terminal: &'static Terminal,
+    /// The last line on a live terminal: how far the run is.
+    footer: Option<ProgressBar>,
+    finished: usize,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("verbosity", &self.verbosity)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One attempt's end line, as [`Console::finished`] shows it.
@@ -63,29 +88,39 @@ struct Finished<'a> {
 }
 
 impl Console {
-    /// A console with these settings.
+    /// A console with these settings, on the process's stderr.
     pub fn new(verbosity: Verbosity, format: LogFormat) -> Self {
+        Self::on(verbosity, format, Terminal::stderr())
+    }
+
+    /// A console on `terminal`.
+    pub fn on(verbosity: Verbosity, format: LogFormat, terminal: &'static Terminal) -> Self {
         Console {
             verbosity,
             format,
             steps: Vec::new(),
+            json: JsonLog::default(),
+            terminal,
+            footer: None,
+            finished: 0,
         }
     }
 
-    fn emit(&self, text: &str, json: serde_json::Value) {
-        let mut err = std::io::stderr().lock();
-        let _ = match self.format {
-            LogFormat::Text => writeln!(err, "{text}"),
-            LogFormat::Json => writeln!(err, "{json}"),
-        };
+    fn say(&self, text: &str) {
+        self.terminal.line(text);
     }
 
     fn name(&self, step: StepId) -> &str {
         self.steps.get(step.0).map_or("", |s| s.name.as_str())
     }
 
+    /// Whether running steps are redrawn in place.
+    fn live(&self) -> bool {
+        self.verbosity != Verbosity::Quiet && self.terminal.live().is_some()
+    }
+
     /// A step started an attempt.
-    fn started(&self, name: &str, attempt: u32, running: usize, queued: usize) {
+    fn started(&mut self, step: StepId, attempt: u32, running: usize, queued: usize) {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
@@ -94,10 +129,65 @@ impl Console {
         } else {
             String::new()
         };
-        self.emit(
-            &format!("▶ {name}{again}   [{running} running, {queued} queued]"),
-            serde_json::json!({"event": "started", "step": name, "attempt": attempt}),
-        );
+        let name = self.name(step).to_owned();
+        // On a live terminal the step's redrawn line says it started.
+        if !self.live() {
+            self.say(&format!(
+                "▶ {name}{again}   [{running} running, {queued} queued]"
+            ));
+            return;
+        }
+        {
+            let shown = self.steps.iter().filter(|s| s.bar.is_some()).count();
+            if shown < LIVE_STEPS {
+                let bar = self.running_bar(&format!("{name}{again}"));
+                if let Some(view) = self.steps.get_mut(step.0) {
+                    view.bar = bar;
+                }
+            }
+            self.update_footer(running, queued);
+        }
+    }
+
+    /// A redrawn line for a running step: spinner, name, elapsed time.
+    fn running_bar(&self, label: &str) -> Option<ProgressBar> {
+        let multi = self.terminal.live()?;
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(label.to_owned());
+        let bar = match &self.footer {
+            Some(footer) => multi.insert_before(footer, bar),
+            None => multi.add(bar),
+        };
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Some(bar)
+    }
+
+    fn update_footer(&mut self, running: usize, queued: usize) {
+        let Some(multi) = self.terminal.live() else {
+            return;
+        };
+        let footer = self.footer.get_or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            if let Ok(style) = ProgressStyle::with_template("  {msg} {elapsed:.dim}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        let hidden = running.saturating_sub(LIVE_STEPS);
+        let more = if hidden > 0 {
+            format!(" ({hidden} not shown)")
+        } else {
+            String::new()
+        };
+        footer.set_message(format!(
+            "{}/{} done, {running} running{more}, {queued} queued",
+            self.finished,
+            self.steps.len()
+        ));
     }
 
     /// One line of a step's output (verbose only).
@@ -105,11 +195,16 @@ impl Console {
         if self.verbosity != Verbosity::Verbose {
             return;
         }
-        self.emit(
-            &format!("{name} | {line}"),
-            serde_json::json!({"event": "output", "step": name,
-                "stream": if stderr { "stderr" } else { "stdout" }, "line": line}),
-        );
+        let prefix = format!("{name} |");
+        let text = if stderr {
+            self.terminal.paint(Paint::Yellow, line)
+        } else {
+            line.to_owned()
+        };
+        self.say(&format!(
+            "{} {text}",
+            self.terminal.paint(Paint::Dim, &prefix)
+        ));
     }
 
     /// A step ended (finally, or an attempt that will be retried).
@@ -119,28 +214,25 @@ impl Console {
         if self.verbosity == Verbosity::Quiet && (!failed || s.allow_failure) {
             return;
         }
-        let mark = match f.verdict {
-            Verdict::Passed => "✓",
-            Verdict::Skipped | Verdict::Cancelled => "-",
-            _ if s.allow_failure => "!",
-            _ => "✗",
+        let t = self.terminal;
+        let (mark, paint) = match f.verdict {
+            Verdict::Passed => ("✓", Paint::Green),
+            Verdict::Skipped | Verdict::Cancelled => ("-", Paint::Dim),
+            _ if s.allow_failure => ("!", Paint::Yellow),
+            _ => ("✗", Paint::Red),
         };
+        let mark = t.paint(paint, mark);
+        let verdict = t.paint(paint, f.verdict.label());
         let mut text = match f.cached_ms {
             Some(was) if f.verdict == Verdict::Passed => {
                 format!("{mark} {} cached (was {:.1}s)", s.name, was / 1000.0)
             }
             Some(was) => format!(
-                "{mark} {} {}, cached (was {:.1}s)",
+                "{mark} {} {verdict}, cached (was {:.1}s)",
                 s.name,
-                f.verdict.label(),
                 was / 1000.0
             ),
-            None => format!(
-                "{mark} {} {} ({:.1}s)",
-                s.name,
-                f.verdict.label(),
-                f.total_ms / 1000.0
-            ),
+            None => format!("{mark} {} {verdict} ({:.1}s)", s.name, f.total_ms / 1000.0),
         };
         if self.verbosity == Verbosity::Verbose && !f.changed.is_empty() {
             text.push_str(&format!(" [cache: {} changed]", f.changed.join(", ")));
@@ -153,38 +245,47 @@ impl Console {
             text.push_str(" — retrying");
         }
         if failed && self.verbosity != Verbosity::Verbose && !f.tail.is_empty() {
+            let prefix = t.paint(Paint::Dim, &format!("{} |", s.name));
             for l in f.tail.lines() {
-                text.push_str(&format!("\n    {} | {l}", s.name));
+                text.push_str(&format!("\n    {prefix} {l}"));
             }
         }
-        self.emit(
-            &text,
-            serde_json::json!({"event": "finished", "step": s.name,
-                "verdict": f.verdict, "message": f.message, "retrying": f.retrying,
-                "cached": f.cached_ms.is_some(), "egress_denied": s.denied}),
-        );
+        self.say(&text);
     }
 
     /// A notice about the run itself (interrupts, fail-fast).
     fn notice(&self, text: &str) {
-        self.emit(
-            &format!("sbxrun: {text}"),
-            serde_json::json!({"event": "notice", "message": text}),
-        );
+        self.say(&format!("sbxrun: {text}"));
     }
 
-    /// The summary table (stdout) at the end.
+    /// Clears the redrawn lines (the run is over).
+    fn clear_live(&mut self) {
+        for s in &mut self.steps {
+            if let Some(bar) = s.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
+        if let Some(footer) = self.footer.take() {
+            footer.finish_and_clear();
+        }
+    }
+
+    /// The summary at the end: a table on stdout, or the JSON `summary`
+    /// line.
     pub fn summary(&self, report: &Report, run_dir: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = match self.format {
-            LogFormat::Json => writeln!(out, "{}", summary_json(report, run_dir)),
-            LogFormat::Text => write!(out, "{}", summary_text(report, run_dir)),
-        };
+        match self.format {
+            LogFormat::Json => json_log::write(json_log::summary(report, run_dir)),
+            LogFormat::Text => {
+                let _ = write!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    summary_text(report, run_dir)
+                );
+            }
+        }
     }
-}
 
-impl EventSink for Console {
-    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+    fn text_event(&mut self, event: &RunEvent) {
         match event {
             RunEvent::RunStarted { steps, .. } => {
                 self.steps = steps
@@ -193,6 +294,7 @@ impl EventSink for Console {
                         name: s.name.clone(),
                         allow_failure: s.allow_failure,
                         denied: s.egress.denied.clone(),
+                        bar: None,
                     })
                     .collect();
             }
@@ -201,7 +303,7 @@ impl EventSink for Console {
                 attempt,
                 running,
                 queued,
-            } => self.started(self.name(*step), *attempt, *running, *queued),
+            } => self.started(*step, *attempt, *running, *queued),
             RunEvent::StepOutput { step, stream, line } => {
                 self.line(self.name(*step), *stream == Stream::Err, line)
             }
@@ -211,12 +313,15 @@ impl EventSink for Console {
                 retrying,
             } => {
                 let Some(view) = self.steps.get_mut(step.0) else {
-                    return Ok(());
+                    return;
                 };
+                if let Some(bar) = view.bar.take() {
+                    bar.finish_and_clear();
+                }
                 if let Some(egress) = &outcome.egress {
                     view.denied = egress.denied.clone();
                 }
-                let tail = outcome.tails.stderr.clone() + &outcome.tails.stdout;
+                let tail = outcome.tails.in_order();
                 let a = &outcome.attempt;
                 self.finished(&Finished {
                     view: &self.steps[step.0],
@@ -232,8 +337,34 @@ impl EventSink for Console {
                     changed: outcome.cache.as_ref().map_or(&[], |c| c.changed.as_slice()),
                 });
             }
+            RunEvent::StepFinished { .. } => {
+                self.finished += 1;
+                if let Some(footer) = &self.footer {
+                    let running = self.steps.iter().filter(|s| s.bar.is_some()).count();
+                    footer.set_message(format!(
+                        "{}/{} done, {running} running",
+                        self.finished,
+                        self.steps.len()
+                    ));
+                }
+            }
             RunEvent::Notice(n) => self.notice(&n.to_string()),
-            RunEvent::StepFinished { .. } | RunEvent::RunFinished { .. } => {}
+            RunEvent::RunFinished { .. } => self.clear_live(),
+        }
+    }
+}
+
+impl EventSink for Console {
+    fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
+        match self.format {
+            LogFormat::Json => {
+                let wanted = self.verbosity == Verbosity::Verbose
+                    || !matches!(event, RunEvent::StepOutput { .. });
+                if let Some(line) = self.json.line(event).filter(|_| wanted) {
+                    json_log::write(line);
+                }
+            }
+            LogFormat::Text => self.text_event(event),
         }
         Ok(())
     }
@@ -243,29 +374,18 @@ impl EventSink for Console {
     }
 }
 
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.clear_live();
+    }
+}
+
 /// `3 denied`, or nothing for a step whose egress policy denied nothing.
 fn denied_note(s: &StepReport) -> String {
     match s.egress.total_denied() {
         0 => String::new(),
         n => format!("{n} denied"),
     }
-}
-
-/// The summary's JSON line: the run's outcome, and egress denials by kind
-/// for each step that had any.
-fn summary_json(report: &Report, run_dir: &str) -> serde_json::Value {
-    let denied: serde_json::Map<String, serde_json::Value> = report
-        .steps
-        .iter()
-        .filter(|s| s.egress.total_denied() > 0)
-        .map(|s| (s.name.clone(), serde_json::json!(s.egress.denied)))
-        .collect();
-    let mut v = serde_json::json!({"event": "summary", "status": report.status,
-        "exit_code": report.exit_code, "run_dir": run_dir});
-    if !denied.is_empty() {
-        v["egress_denied"] = serde_json::Value::Object(denied);
-    }
-    v
 }
 
 /// The summary table. The `EGRESS` column appears only when some step had
@@ -341,7 +461,8 @@ mod tests {
             text.contains("build  passed         1.2s     0\n"),
             "{text}"
         );
-        assert!(summary_json(&r, "runs/1").get("egress_denied").is_none());
+        let line = serde_json::to_value(json_log::summary(&r, "runs/1")).unwrap();
+        assert!(line.get("egress_denied").is_none(), "{line}");
     }
 
     #[test]
@@ -359,7 +480,7 @@ mod tests {
         assert_eq!(lines[2], "build  passed         1.2s     0");
         assert_eq!(lines[3], "fetch  passed         1.2s     0  3 denied");
         assert_eq!(
-            summary_json(&r, "runs/1")["egress_denied"],
+            serde_json::to_value(json_log::summary(&r, "runs/1")).unwrap()["egress_denied"],
             serde_json::json!({ "fetch": { "connect-denied": 2, "dns-refused": 1 } })
         );
     }

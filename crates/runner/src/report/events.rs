@@ -43,6 +43,22 @@ pub struct StepInfo {
 pub struct Tails {
     pub stdout: String,
     pub stderr: String,
+    /// The last lines of both streams in the order they arrived (empty in
+    /// records from before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub combined: String,
+}
+
+impl Tails {
+    /// The output's last lines as they appeared: `combined` when kept,
+    /// else stderr then stdout.
+    pub fn in_order(&self) -> String {
+        if self.combined.is_empty() {
+            self.stderr.clone() + &self.stdout
+        } else {
+            self.combined.clone()
+        }
+    }
 }
 
 /// Everything one attempt produced. The Slurm executor records it in the
@@ -226,6 +242,12 @@ pub trait EventSink {
         Ok(())
     }
 
+    /// The run stops being followed without having finished (a detached
+    /// Slurm run): persist everything now, whatever the pacing.
+    fn persist(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+
     /// Whether this sink wants [`RunEvent::StepOutput`] (each line costs a
     /// message between threads).
     fn wants_output(&self) -> bool {
@@ -246,27 +268,32 @@ impl<'a> Reporter<'a> {
 
     /// Passes `event` to every sink; a sink's failure becomes a notice.
     pub fn emit(&mut self, event: RunEvent) {
-        let errors: Vec<SinkError> = self
-            .sinks
-            .iter_mut()
-            .filter_map(|s| s.event(&event).err())
-            .collect();
-        self.notify(errors);
+        self.each(|s| s.event(&event));
     }
 
     /// Lets every sink persist what it has.
     pub fn flush(&mut self) {
-        let errors: Vec<SinkError> = self
-            .sinks
-            .iter_mut()
-            .filter_map(|s| s.flush().err())
-            .collect();
-        self.notify(errors);
+        self.each(|s| s.flush());
+    }
+
+    /// Makes every sink persist everything now.
+    pub fn persist(&mut self) {
+        self.each(|s| s.persist());
     }
 
     /// Whether any sink wants the steps' output lines.
     pub fn wants_output(&self) -> bool {
         self.sinks.iter().any(|s| s.wants_output())
+    }
+
+    /// Does `f` to every sink; each failure becomes a notice.
+    fn each(&mut self, mut f: impl FnMut(&mut dyn EventSink) -> Result<(), SinkError>) {
+        let errors: Vec<SinkError> = self
+            .sinks
+            .iter_mut()
+            .filter_map(|s| f(&mut **s).err())
+            .collect();
+        self.notify(errors);
     }
 
     fn notify(&mut self, errors: Vec<SinkError>) {

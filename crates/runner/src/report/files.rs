@@ -1,7 +1,7 @@
 //! The report files as sinks: `report.json` and `junit.xml`, each built
-//! from the run's events and rewritten atomically whenever the runner
-//! flushes and at the end, so a run that dies still leaves its latest
-//! complete reports.
+//! from the run's events and rewritten atomically while the run goes on
+//! (paced, see [`Pacer`]) and at its end, so a run that dies still leaves
+//! complete reports at most a pacing gap old.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,13 +12,14 @@ use super::events::{EventSink, RunEvent, SinkError};
 use super::junit;
 use super::model::Report;
 use super::state::ReportState;
-use super::write::atomic_write;
+use super::write::{atomic_write, Pacer, Pacing};
 
 /// `report.json`.
 #[derive(Debug)]
 pub struct JsonReportFile {
     path: PathBuf,
     state: ReportState,
+    pacer: Pacer,
 }
 
 impl JsonReportFile {
@@ -27,7 +28,14 @@ impl JsonReportFile {
         JsonReportFile {
             path: dir.join("report.json"),
             state: ReportState::default(),
+            pacer: Pacer::default(),
         }
+    }
+
+    /// The same sink, rewriting its file as `pacing` says.
+    pub fn paced(mut self, pacing: Pacing) -> Self {
+        self.pacer = Pacer::new(pacing);
+        self
     }
 
     /// The report as the events built it.
@@ -37,18 +45,23 @@ impl JsonReportFile {
 
     fn write(&mut self) -> Result<(), SinkError> {
         const FILE: &str = "report.json";
+        let started = std::time::Instant::now();
         let json =
             serde_json::to_vec_pretty(self.state.report()).map_err(|e| SinkError::Encode {
                 file: FILE,
                 reason: e.to_string(),
             })?;
-        atomic_write(&self.path, &json).map_err(|error| SinkError::Write { file: FILE, error })
+        let written =
+            atomic_write(&self.path, &json).map_err(|error| SinkError::Write { file: FILE, error });
+        self.pacer.wrote(started);
+        written
     }
 }
 
 impl EventSink for JsonReportFile {
     fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
         self.state.apply(event);
+        self.pacer.changed();
         match event {
             RunEvent::RunFinished { .. } => self.write(),
             _ => Ok(()),
@@ -56,6 +69,14 @@ impl EventSink for JsonReportFile {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        if self.pacer.due(std::time::Instant::now()) {
+            self.write()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn persist(&mut self) -> Result<(), SinkError> {
         self.write()
     }
 }
@@ -70,6 +91,7 @@ pub struct JunitFile {
     own: Vec<Option<PathBuf>>,
     /// The testcases merged from a step's own file, by step index.
     merged: HashMap<usize, Vec<TestCase>>,
+    pacer: Pacer,
 }
 
 impl JunitFile {
@@ -80,7 +102,14 @@ impl JunitFile {
             state: ReportState::default(),
             own: Vec::new(),
             merged: HashMap::new(),
+            pacer: Pacer::default(),
         }
+    }
+
+    /// The same sink, rewriting its file as `pacing` says.
+    pub fn paced(mut self, pacing: Pacing) -> Self {
+        self.pacer = Pacer::new(pacing);
+        self
     }
 
     /// Reads a finished step's own JUnit file; a broken one becomes an
@@ -109,6 +138,7 @@ impl JunitFile {
 
     fn write(&mut self) -> Result<(), SinkError> {
         const FILE: &str = "junit.xml";
+        let started = std::time::Instant::now();
         let report = self.state.report().clone();
         let by_name: HashMap<&str, usize> = report
             .steps
@@ -130,13 +160,17 @@ impl JunitFile {
             reason: crate::errors::chain(&e),
         })?;
         let xml = junit::with_run_time(xml, report.duration_ms);
-        atomic_write(&self.path, &xml).map_err(|error| SinkError::Write { file: FILE, error })
+        let written =
+            atomic_write(&self.path, &xml).map_err(|error| SinkError::Write { file: FILE, error });
+        self.pacer.wrote(started);
+        written
     }
 }
 
 impl EventSink for JunitFile {
     fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
         self.state.apply(event);
+        self.pacer.changed();
         match event {
             RunEvent::RunStarted { steps, .. } => {
                 self.own = steps.iter().map(|s| s.junit.clone()).collect();
@@ -152,6 +186,14 @@ impl EventSink for JunitFile {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        if self.pacer.due(std::time::Instant::now()) {
+            self.write()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn persist(&mut self) -> Result<(), SinkError> {
         self.write()
     }
 }

@@ -500,7 +500,7 @@ mod tests {
         let stdout = stdout.to_owned();
         let tails = move |_: &str| Tails {
             stdout: stdout.clone(),
-            stderr: String::new(),
+            ..Tails::default()
         };
         let junit = build(r, &tails, &|_| Vec::new());
         String::from_utf8(to_bytes(&junit).unwrap()).unwrap()

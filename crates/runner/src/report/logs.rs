@@ -45,6 +45,8 @@ pub struct StepLog {
     seen: u64,
     exceeded: bool,
     on_line: Option<LineSink>,
+    /// The last lines of both streams, in arrival order.
+    combined: VecDeque<String>,
 }
 
 impl StepLog {
@@ -67,6 +69,7 @@ impl StepLog {
             seen: 0,
             exceeded: false,
             on_line: None,
+            combined: VecDeque::new(),
         })
     }
 
@@ -133,11 +136,8 @@ impl StepLog {
         if let Some(cb) = &mut self.on_line {
             cb(stream, &text);
         }
-        let tail = &mut self.streams[stream as usize].tail;
-        tail.push_back(text);
-        if tail.len() > TAIL_LINES {
-            tail.pop_front();
-        }
+        push_bounded(&mut self.combined, text.clone());
+        push_bounded(&mut self.streams[stream as usize].tail, text);
     }
 
     /// Ends the log: unfinished lines are written.
@@ -151,14 +151,29 @@ impl StepLog {
 
     /// The last lines of a stream, joined.
     pub fn tail(&self, stream: Stream) -> String {
-        let t = &self.streams[stream as usize].tail;
-        let mut out = String::new();
-        for l in t {
-            out.push_str(l);
-            out.push('\n');
-        }
-        out
+        joined(&self.streams[stream as usize].tail)
     }
+
+    /// The last lines of both streams in the order they arrived, joined.
+    pub fn combined_tail(&self) -> String {
+        joined(&self.combined)
+    }
+}
+
+fn push_bounded(tail: &mut VecDeque<String>, line: String) {
+    tail.push_back(line);
+    if tail.len() > TAIL_LINES {
+        tail.pop_front();
+    }
+}
+
+fn joined(lines: &VecDeque<String>) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -177,6 +192,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "out| a1\nerr| e1\nout| key=***\nout| partial\n");
         assert_eq!(log.tail(Stream::Out), "a1\nkey=***\npartial\n");
+        assert_eq!(log.combined_tail(), "a1\ne1\nkey=***\npartial\n");
         assert!(!text.contains("s3cret"));
     }
 

@@ -5,11 +5,13 @@
 pub mod console;
 mod events;
 mod files;
+pub mod json_log;
 pub mod junit;
 mod logs;
 mod mask;
 mod model;
 mod state;
+pub mod term;
 mod write;
 
 pub use events::{
@@ -27,7 +29,12 @@ pub use model::{
     GuestTimings, HostInfo, ImageReport, JobInfo, LogPaths, Report, RunStatus, SlurmAttempt,
     StepReport, Timings, Usage, Verdict, REPORT_VERSION,
 };
-pub use write::atomic_write;
+pub use write::{atomic_write, Pacing, MIN_GAP};
 
 #[cfg(test)]
 mod sink_tests;
+
+/// The `$id` of one of the schemas in `schemas/`.
+pub fn schema_id(name: &str) -> String {
+    format!("https://sbxrun.dev/schemas/{name}.schema.json")
+}

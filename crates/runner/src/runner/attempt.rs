@@ -258,6 +258,7 @@ fn attempt(
         tails: Tails {
             stdout: log.tail(Stream::Out),
             stderr: log.tail(Stream::Err),
+            combined: log.combined_tail(),
         },
         image: (image.reference != "default").then(|| ImageReport {
             reference: image.reference.clone(),

@@ -80,6 +80,9 @@ struct Record {
     egress: Option<EgressReport>,
     stdout_tail: String,
     stderr_tail: String,
+    /// Both streams' last lines in arrival order (absent in older entries).
+    #[serde(default)]
+    combined_tail: String,
     image: Option<ImageReport>,
     stored_at: String,
 }
@@ -415,6 +418,7 @@ impl RunCache {
             tails: Tails {
                 stdout: record.stdout_tail,
                 stderr: record.stderr_tail,
+                combined: record.combined_tail,
             },
             image: record.image,
             cache: Some(report),
@@ -472,6 +476,7 @@ impl RunCache {
             egress: outcome.egress.clone(),
             stdout_tail: outcome.tails.stdout.clone(),
             stderr_tail: outcome.tails.stderr.clone(),
+            combined_tail: outcome.tails.combined.clone(),
             image: outcome.image.clone(),
             stored_at: super::setup::rfc3339(time::OffsetDateTime::now_utc()),
         };

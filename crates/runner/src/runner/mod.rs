@@ -25,7 +25,7 @@ use std::time::Instant;
 pub use attempt::{artifact_dir, file_name, AttemptError};
 pub use cache::{instance_key, CacheOptions, RunCache, DEFAULT_MAX_BYTES};
 pub use outcome::{conclude, StepFinal};
-pub use pools::{ImageProgress, PoolBase, Pools, StepImage};
+pub use pools::{Phase, PoolBase, Pools, Prep, PrepProgress, StepImage};
 pub use scheduler::{Msg, Scheduler, Stop};
 pub use setup::{default_concurrency, default_run_dir};
 pub use verdict::{judge, oom_evidence, should_retry, Ended, Judged, Observed};

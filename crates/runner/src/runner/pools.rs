@@ -8,14 +8,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use sbxrun_image::{Event, ImageConfig};
 
 use crate::host::KvmFlavour;
 use crate::manifest::{ImageRef, Settings};
 use crate::pool::launch::{VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
-use crate::pool::resolve_image;
 use crate::pool::warm::{Pool, PoolConfig};
+use crate::pool::{resolve_image_reporting, snapshot};
+pub use crate::report::json_log::Phase;
 
 /// What every shape shares.
 #[derive(Debug, Clone)]
@@ -32,33 +34,60 @@ pub struct PoolBase {
     pub warm: usize,
     /// How container images are pulled and where they are cached.
     pub images: sbxrun_image::Options,
-    /// Told what a pull is doing, for the console.
-    pub image_progress: ImageProgress,
+    /// Told what getting images and snapshots ready is doing, for the
+    /// console.
+    pub progress: PrepProgress,
 }
 
-/// Receives the progress of each image a run pulls or converts: the image
-/// as the manifest wrote it, and the event.
+/// What getting a step's VM ready is doing: the slow work of a first use
+/// (pulling and converting an image, building one from a directory,
+/// booting a shape's snapshot), cached for every later step and run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Prep<'a> {
+    /// A registry image's pull or conversion.
+    Pull(&'a Event),
+    /// A directory image's ext4 file is being built (`Started`) or was
+    /// built (`Done`/`Failed`, with the time it took).
+    ImageBuild {
+        phase: Phase,
+        took: Option<Duration>,
+    },
+    /// A VM shape has no snapshot: one VM boots cold and is snapshotted.
+    Snapshot {
+        memory_mib: u32,
+        vcpus: u8,
+        phase: Phase,
+        took: Option<Duration>,
+    },
+}
+
+/// Receives the progress of each image and snapshot a run prepares: the
+/// image as the manifest wrote it, and the event.
 #[derive(Clone)]
-pub struct ImageProgress(pub Arc<ImageProgressFn>);
+pub struct PrepProgress(pub Arc<PrepProgressFn>);
 
-/// The callback behind [`ImageProgress`].
-pub type ImageProgressFn = dyn Fn(&str, &Event) + Send + Sync;
+/// The callback behind [`PrepProgress`].
+pub type PrepProgressFn = dyn Fn(&str, &Prep<'_>) + Send + Sync;
 
-impl ImageProgress {
+impl PrepProgress {
     /// Progress nobody watches.
     pub fn none() -> Self {
-        ImageProgress(Arc::new(|_, _| {}))
+        PrepProgress(Arc::new(|_, _| {}))
     }
 
     /// What `sbxrun_image::resolve` reports to, for one image.
     pub fn of<'a>(&'a self, image: &'a str) -> impl sbxrun_image::Progress + 'a {
         ProgressTo { image, sink: self }
     }
+
+    fn tell(&self, image: &str, prep: Prep<'_>) {
+        (self.0)(image, &prep);
+    }
 }
 
-impl std::fmt::Debug for ImageProgress {
+impl std::fmt::Debug for PrepProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ImageProgress")
+        f.write_str("PrepProgress")
     }
 }
 
@@ -145,15 +174,14 @@ impl Pools {
             }),
             ImageRef::Name(n) => Err(format!("unknown image `{n}`")),
             ImageRef::Path(path) => Ok(StepImage {
-                ext4: resolve_image(path, &self.base.cache)
-                    .map_err(|e| crate::errors::chain(&e))?,
+                ext4: self.build_dir_image(path)?,
                 reference: path.display().to_string(),
                 digest: None,
                 config: None,
                 pulled: false,
             }),
             ImageRef::Container(source) => {
-                let progress = self.base.image_progress.of(source);
+                let progress = self.base.progress.of(source);
                 let resolved = sbxrun_image::resolve(source, &self.base.images, &progress)
                     .map_err(|e| crate::errors::chain(&e))?;
                 Ok(StepImage {
@@ -165,6 +193,34 @@ impl Pools {
                 })
             }
         }
+    }
+
+    /// A directory or ext4 image; building one is told to the progress.
+    fn build_dir_image(&self, path: &std::path::Path) -> Result<PathBuf, String> {
+        let name = path.display().to_string();
+        let started = std::cell::Cell::new(None);
+        let result = resolve_image_reporting(path, &self.base.cache, &|| {
+            started.set(Some(Instant::now()));
+            self.base.progress.tell(
+                &name,
+                Prep::ImageBuild {
+                    phase: Phase::Started,
+                    took: None,
+                },
+            );
+        });
+        if let Some(t) = started.get() {
+            let phase = if result.is_ok() {
+                Phase::Done
+            } else {
+                Phase::Failed
+            };
+            let took = Some(t.elapsed());
+            self.base
+                .progress
+                .tell(&name, Prep::ImageBuild { phase, took });
+        }
+        result.map_err(|e| crate::errors::chain(&e))
     }
 
     /// The pool for `settings`, opening it on first use. Concurrent callers
@@ -180,15 +236,40 @@ impl Pools {
             map.entry(key).or_default().clone()
         };
         slot.get_or_init(|| {
-            Pool::open(PoolConfig {
+            let image = settings.image.to_string();
+            let (memory_mib, vcpus) = (shape.memory_mib, shape.vcpus);
+            // A missing snapshot means a cold boot of tens of seconds: say so.
+            let cold = !snapshot::is_present(&self.base.cache, &shape);
+            let tell = |phase, took| {
+                let prep = Prep::Snapshot {
+                    memory_mib,
+                    vcpus,
+                    phase,
+                    took,
+                };
+                self.base.progress.tell(&image, prep);
+            };
+            if cold {
+                tell(Phase::Started, None);
+            }
+            let started = Instant::now();
+            let pool = Pool::open(PoolConfig {
                 cache: self.base.cache.clone(),
                 scratch: self.base.scratch.clone(),
                 shape,
                 warm: self.base.warm,
                 console_dir: Some(self.base.console_dir.clone()),
-            })
-            .map(Arc::new)
-            .map_err(|e| format!("cannot prepare the VM pool: {}", crate::errors::chain(&e)))
+            });
+            if cold {
+                let phase = if pool.is_ok() {
+                    Phase::Done
+                } else {
+                    Phase::Failed
+                };
+                tell(phase, Some(started.elapsed()));
+            }
+            pool.map(Arc::new)
+                .map_err(|e| format!("cannot prepare the VM pool: {}", crate::errors::chain(&e)))
         })
         .clone()
     }
@@ -213,14 +294,14 @@ impl Pools {
     }
 }
 
-/// Adapts [`ImageProgress`] to one image's resolve.
+/// Adapts [`PrepProgress`] to one image's resolve.
 struct ProgressTo<'a> {
     image: &'a str,
-    sink: &'a ImageProgress,
+    sink: &'a PrepProgress,
 }
 
 impl sbxrun_image::Progress for ProgressTo<'_> {
     fn event(&self, event: &Event) {
-        (self.sink.0)(self.image, event);
+        self.sink.tell(self.image, Prep::Pull(event));
     }
 }

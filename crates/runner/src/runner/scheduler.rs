@@ -240,9 +240,12 @@ impl Scheduler {
             if self.running == 0 && (self.queue.is_empty() || self.stopping.is_some()) {
                 break;
             }
-            // Workers bound their own waits; the timeout here only keeps
-            // the loop responsive if a sender is lost.
-            let msg = match self.rx.recv_timeout(Duration::from_secs(1)) {
+            // The report files are paced: a change they held back is
+            // written by a later flush, so every wake-up flushes, and the
+            // timeout bounds how late that is (workers bound their own
+            // waits, so it is not needed for anything else).
+            reporter.flush();
+            let msg = match self.rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -167,7 +167,7 @@ pub fn run_slurm(job: &Job, plan: Plan, opts: SubmitOptions) -> Result<RunSummar
     );
     follower.submit_all().map_err(RunnerError::Slurm)?;
     if detach {
-        reporter.flush();
+        reporter.persist();
         let jobs = records.jobs().map_err(RunnerError::Slurm)?;
         eprintln!(
             "submitted {} Slurm jobs ({}); follow with `sbxrun report {} --wait`",
@@ -250,7 +250,7 @@ pub fn attach(
         };
         finish_run(&mut reporter, &follower, followed, started);
     }
-    reporter.flush();
+    reporter.persist();
     drop(reporter);
     let report = json.into_report();
     Ok(RunSummary {
