@@ -25,7 +25,7 @@ pub(crate) use model::test_denials;
 pub use model::{
     report_schema, Attempt, CacheReport, CacheStatus, EgressEvent, EgressReport, FileDigest,
     GuestTimings, HostInfo, ImageReport, JobInfo, LogPaths, Report, RunStatus, SlurmAttempt,
-    StepReport, Timings, Usage, Verdict, REPORT_VERSION,
+    StepReport, Timings, Usage, Verdict, REPORT_SCHEMA_ID, REPORT_VERSION,
 };
 pub use write::atomic_write;
 
