@@ -306,6 +306,13 @@ fn run_and_command_follow_the_loader_through_defaults_and_merge_keys() {
         ("name: j\nsteps: { a: { run: x, matrix: { k: ['a,b'] } } }", false),
         ("name: j\nsteps: { a: { run: x, matrix: { k: [] } } }", false),
         ("name: j\nsteps: { a: { run: x, secrets: [T, T] } }", false),
+        // Numbers and booleans are read as text where text is expected,
+        // never where a duration or size is.
+        ("name: 2024\ndescription: 1\nsteps: { a: { run: 5, outputs: [7], junit: 8 } }", true),
+        ("name: j\nsteps: { a: { command: [sleep, 1], description: true } }", true),
+        ("name: j\nsteps: { a: { image: 3 } }", true),
+        ("name: j\nsteps: { a: { run: x, timeout: 30 } }", false),
+        ("name: j\nsteps: { a: { run: x, resources: { memory: 512 } } }", false),
     ];
     let mut wrong = Vec::new();
     for (yaml, expected) in cases {

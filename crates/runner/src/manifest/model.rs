@@ -32,6 +32,7 @@ pub struct Job {
     pub name: Spanned<String>,
     /// What the job is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ScalarText>")]
     pub description: Option<String>,
     /// Settings applied to every step that does not set its own.
     #[serde(default, skip_serializing_if = "Defaults::is_empty")]
@@ -101,6 +102,7 @@ impl Defaults {
 pub struct Step {
     /// What the step does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ScalarText>")]
     pub description: Option<String>,
     /// A shell script, run with `/bin/sh -eu`. Exactly one of `run` and
     /// `command` is required.

@@ -99,10 +99,10 @@ fn unset(key: &str) -> Value {
 /// the loader can tell, so it is given the benefit of the doubt.
 fn maybe_container_image() -> Value {
     json!({
-        "type": "string",
+        "type": ["string", "number", "boolean"],
         "not": { "anyOf": [
             { "const": "default" },
-            { "pattern": "^(?:/|\\./|\\.\\./|\\.\\.?$)" }
+            { "type": "string", "pattern": "^(?:/|\\./|\\.\\./|\\.\\.?$)" }
         ] }
     })
 }
@@ -168,7 +168,8 @@ impl JsonSchema for NonBlank {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         let class = trimmed_class();
         let not_ws = format!("[^{}", &class[1..]);
-        json_schema!({ "type": "string", "pattern": not_ws })
+        // A number or boolean is read as its text, never blank.
+        json_schema!({ "type": ["string", "number", "boolean"], "pattern": not_ws })
     }
 }
 
@@ -181,11 +182,12 @@ impl JsonSchema for WorkPath {
         "WorkPath".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A number or boolean is read as its text, which is a fine path.
         json_schema!({
-            "type": "string",
+            "type": ["string", "number", "boolean"],
             "description": "A path relative to the step's work dir, without `..`.",
             "minLength": 1,
-            "not": { "pattern": "^/|(?:^|/)\\.\\.(?:/|$)" }
+            "not": { "type": "string", "pattern": "^/|(?:^|/)\\.\\.(?:/|$)" }
         })
     }
 }
