@@ -1,6 +1,7 @@
 //! The job's JSON Schema beyond what the model's shape gives: the grammar
 //! of durations and sizes, and the rules between fields that `validate`
-//! enforces (`run` xor `command`, one source per input). Each rule is built
+//! enforces (`run` xor `command`, one source per input, no cache with
+//! public egress). Each rule is built
 //! from the table or constant the loader itself uses, and errs towards
 //! accepting: an editor must never flag a manifest `sbxrun validate`
 //! accepts, while what only the loader can see (files on disk, references
@@ -127,21 +128,76 @@ fn step_command_rule(container_default: bool) -> Value {
     })
 }
 
-/// Job-level rules: a step's `run` xor `command` depends on the job's
-/// `defaults.image`, which a step schema alone cannot see.
+/// `egress` (a step's or the defaults') whose policy is `public`.
+fn public_egress() -> Value {
+    json!({ "anyOf": [
+        { "const": "public" },
+        { "type": "object", "required": ["policy"], "properties": { "policy": { "const": "public" } } }
+    ] })
+}
+
+/// A step `cache` that asks for caching (`true` or a map).
+fn caches() -> Value {
+    json!({
+        "required": ["cache"],
+        "properties": { "cache": { "anyOf": [{ "const": true }, { "type": "object" }] } }
+    })
+}
+
+/// A step may not ask for caching when its egress is `public`, its own or,
+/// when its `egress` sets no policy, the defaults'.
+fn step_cache_rule(public_default: bool) -> Value {
+    let own_public = json!({ "required": ["egress"], "properties": { "egress": public_egress() } });
+    let public = if public_default {
+        let own_policy = json!({
+            "required": ["egress"],
+            "properties": { "egress": { "anyOf": [
+                { "type": "string" },
+                { "type": "object", "anyOf": [set("allow"), set("policy")] }
+            ] } }
+        });
+        json!({ "anyOf": [own_public, { "not": own_policy }] })
+    } else {
+        own_public
+    };
+    json!({ "not": { "allOf": [caches(), public] } })
+}
+
+/// Job-level rules: what a step must say depends on the job's `defaults`
+/// (`image` for `run` xor `command`, `egress` for `cache`), which a step
+/// schema alone cannot see.
 pub(super) fn job_rules(schema: &mut Schema) {
-    let container_default = json!({
+    let defaults_image = json!({
         "required": ["defaults"],
         "properties": { "defaults": {
             "required": ["image"],
             "properties": { "image": maybe_container_image() }
         } }
     });
+    let defaults_public = json!({
+        "required": ["defaults"],
+        "properties": { "defaults": {
+            "required": ["egress"],
+            "properties": { "egress": public_egress() }
+        } }
+    });
     let steps_must =
         |rule: Value| json!({ "properties": { "steps": { "additionalProperties": rule } } });
-    schema.insert("if".into(), container_default);
-    schema.insert("then".into(), steps_must(step_command_rule(true)));
-    schema.insert("else".into(), steps_must(step_command_rule(false)));
+    schema.insert(
+        "allOf".into(),
+        json!([
+            {
+                "if": defaults_image,
+                "then": steps_must(step_command_rule(true)),
+                "else": steps_must(step_command_rule(false))
+            },
+            {
+                "if": defaults_public,
+                "then": steps_must(step_cache_rule(true)),
+                "else": steps_must(step_cache_rule(false))
+            }
+        ]),
+    );
 }
 
 /// An input takes exactly one of `host` and `step`; `path` only with `step`.
