@@ -1,4 +1,4 @@
-//! `sbxrun validate` and `sbxrun graph` as a user runs them.
+//! `sbxrun validate`, `sbxrun graph` and `sbxrun schema` as a user runs them.
 
 use std::process::{Command, Output};
 
@@ -156,4 +156,24 @@ fn a_manifest_is_read_from_standard_input_in_either_syntax() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn schema_prints_each_checked_in_schema() {
+    for (which, file) in [
+        ("job", "schemas/job.schema.json"),
+        ("report", "schemas/report.schema.json"),
+        ("events", "schemas/events.schema.json"),
+    ] {
+        let out = sbxrun(&["schema", which]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            text(&out.stdout) == on_disk,
+            "`sbxrun schema {which}` is not {file}"
+        );
+    }
+    let out = sbxrun(&["schema", "manifest"]);
+    assert_eq!(out.status.code(), Some(2));
 }

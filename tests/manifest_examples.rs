@@ -1,26 +1,19 @@
 //! Examples and valid fixtures: they load, YAML and KDL twins mean the
-//! same job, they satisfy the checked-in JSON Schema, and that schema is
-//! what the model generates.
+//! same job, and the checked-in JSON Schema is what the model generates
+//! (tests/schema_fixtures.rs holds manifests against it).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use sbxrun_runner::manifest::{self, job_schema, parse_tree, render, SourceFile, Syntax};
+use common::manifests;
+use sbxrun_runner::manifest::{self, job_schema, render};
 use sbxrun_runner::plan::{Plan, Selection};
 
 const SCHEMA: &str = "schemas/job.schema.json";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Manifests under `dir`, sorted.
-fn manifests(dir: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    out.retain(|p| Syntax::from_path(p).is_some());
-    out.sort();
-    out
 }
 
 fn all_valid() -> Vec<PathBuf> {
@@ -82,25 +75,6 @@ fn checked_in_schema_matches_the_model() {
         on_disk == generated,
         "{SCHEMA} is stale; regenerate with `UPDATE_SCHEMAS=1 cargo test --test manifest_examples`"
     );
-}
-
-#[test]
-fn examples_and_valid_fixtures_satisfy_the_schema() {
-    let text = std::fs::read_to_string(root().join(SCHEMA)).unwrap_or_default();
-    let schema: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let validator =
-        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("bad schema: {e}"));
-    for path in all_valid() {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let syntax = Syntax::from_path(&path).unwrap_or_default();
-        let src = SourceFile::new(path.display().to_string(), text, PathBuf::from("."), syntax);
-        let tree = parse_tree(&src).unwrap_or_else(|p| panic!("{}: {:?}", path.display(), p));
-        let errors: Vec<String> = validator
-            .iter_errors(&tree.to_json())
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
-    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod graph;
 mod image;
 mod prep;
 pub mod run;
+pub mod schema;
 mod slurm;
 mod stdout;
 pub mod units;
@@ -37,6 +38,9 @@ pub enum Command {
     Validate(validate::Args),
     /// Print a job's step graph.
     Graph(graph::Args),
+    /// Print the JSON Schema of job manifests, `report.json` or the
+    /// `--log-format json` events.
+    Schema(schema::Args),
     /// Check that this host can run microVMs and say how to fix what is missing.
     Doctor(doctor::DoctorArgs),
     /// List or remove cached VM snapshots and built guest assets.
@@ -93,6 +97,7 @@ pub fn main() -> CliResult {
         Command::Exec(args) => exec::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Schema(args) => schema::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Cache(args) => cache::run(args),
         Command::Image(args) => image::run(args),

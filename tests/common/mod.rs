@@ -191,3 +191,15 @@ pub fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String>
     }
     out
 }
+
+/// The manifests (`.yaml`, `.yml`, `.kdl`) directly in `dir`, a folder of
+/// the repository, sorted.
+pub fn manifests(dir: &str) -> Vec<PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    out.retain(|p| sbxrun_runner::manifest::Syntax::from_path(p).is_some());
+    out.sort();
+    out
+}

@@ -79,6 +79,12 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Spanned<T> {
         T::schema_id()
     }
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Where text is expected the deserializer also takes a number or a
+        // boolean, as written (`name: 2024`); the schema must not flag
+        // what loads.
+        if T::schema_id() == <String as schemars::JsonSchema>::schema_id() {
+            return schemars::json_schema!({ "type": ["string", "number", "boolean"] });
+        }
         T::json_schema(g)
     }
 }

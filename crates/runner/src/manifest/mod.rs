@@ -13,6 +13,7 @@ mod kdl;
 mod model;
 mod node;
 mod resolve;
+mod schema;
 mod source;
 mod units;
 mod validate;
@@ -32,6 +33,7 @@ pub use model::{
 };
 pub use node::Node;
 pub use resolve::{ImageRef, Settings};
+pub use schema::{job_schema, JOB_SCHEMA_ID};
 pub use source::{SourceFile, Span, Syntax};
 pub use units::{ByteSize, Duration, UnitError};
 pub use validate::{output_covers, MAX_MATRIX_INSTANCES};
@@ -165,15 +167,6 @@ pub fn check_secrets(job: &Job, is_set: impl Fn(&str) -> bool) -> Result<(), Man
     } else {
         Err(ManifestError::invalid(&job.source, problems))
     }
-}
-
-/// The JSON Schema of the job format, as checked in at
-/// `schemas/job.schema.json`.
-pub fn job_schema() -> serde_json::Value {
-    let schema = schemars::generate::SchemaSettings::draft2020_12()
-        .into_generator()
-        .into_root_schema_for::<Job>();
-    schema.to_value()
 }
 
 #[cfg(test)]

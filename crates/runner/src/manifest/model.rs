@@ -11,18 +11,28 @@ use serde::{Deserialize, Serialize};
 use super::cache::CacheSetting;
 use super::de::Spanned;
 use super::egress::EgressSetting;
+use super::schema::{self, MatrixValues, NonBlank, WorkPath};
 use super::source::SourceFile;
 use super::units::{ByteSize, Duration};
+use super::validate::{
+    CONCURRENCY_RANGE, OPEN_FILES_RANGE, PIDS_RANGE, RETRIES_RANGE, VCPUS_RANGE,
+};
 
 /// A job: a named DAG of steps, each run in its own microVM.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "sbxrun job", extend("patternProperties" = { "^x-": {} }))]
+#[schemars(
+    title = "sbxrun job",
+    extend("patternProperties" = { "^x-": {} }),
+    transform = schema::job_rules
+)]
 pub struct Job {
     /// The job's name, shown in reports.
+    #[schemars(with = "NonBlank")]
     pub name: Spanned<String>,
     /// What the job is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ScalarText>")]
     pub description: Option<String>,
     /// Settings applied to every step that does not set its own.
     #[serde(default, skip_serializing_if = "Defaults::is_empty")]
@@ -33,11 +43,13 @@ pub struct Job {
     pub env: IndexMap<EnvName, Spanned<String>>,
     /// Most steps running at once (default: from the host's size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = CONCURRENCY_RANGE.0, max = CONCURRENCY_RANGE.1))]
     pub concurrency: Option<Spanned<u32>>,
     /// Cancel the remaining steps as soon as one fails (default: false).
     #[serde(default)]
     pub fail_fast: bool,
     /// The steps, by id (`[a-z0-9_-]+`).
+    #[schemars(extend("minProperties" = 1))]
     pub steps: IndexMap<Spanned<StepId>, Step>,
     /// Where the job was read from (not part of the format).
     #[serde(skip)]
@@ -71,6 +83,7 @@ pub struct Defaults {
     pub user: Option<User>,
     /// Retries after a failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = RETRIES_RANGE.0, max = RETRIES_RANGE.1))]
     pub retries: Option<Spanned<u32>>,
     /// Whether steps' results are reused by later runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +102,7 @@ impl Defaults {
 pub struct Step {
     /// What the step does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ScalarText>")]
     pub description: Option<String>,
     /// A shell script, run with `/bin/sh -eu`. Exactly one of `run` and
     /// `command` is required.
@@ -96,6 +110,7 @@ pub struct Step {
     pub run: Option<Spanned<String>>,
     /// A program and its arguments, run without a shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub command: Option<Vec<Spanned<String>>>,
     /// Steps that must finish first (inputs from a step imply it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,11 +120,12 @@ pub struct Step {
     pub inputs: Vec<Spanned<Input>>,
     /// Paths or globs under the work dir kept after the step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<WorkPath>")]
     pub outputs: Vec<Spanned<String>>,
     /// Fan-out: one instance per combination of values; use the values
     /// as `${{ matrix.KEY }}`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
-    #[schemars(with = "IndexMap<MatrixKey, Vec<ScalarText>>")]
+    #[schemars(with = "IndexMap<MatrixKey, MatrixValues>")]
     pub matrix: IndexMap<Spanned<MatrixKey>, Vec<Spanned<String>>>,
     /// Root image (overrides `defaults.image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +140,7 @@ pub struct Step {
     /// Variables taken from the runner's environment and masked in all
     /// output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("uniqueItems" = true))]
     pub secrets: Vec<Spanned<EnvName>>,
     /// Time limit per attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +148,7 @@ pub struct Step {
     /// Retries: infrastructure faults are always retried; failures of the
     /// step itself only when listed in `retry_on`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = RETRIES_RANGE.0, max = RETRIES_RANGE.1))]
     pub retries: Option<Spanned<u32>>,
     /// Which step outcomes are retried besides infrastructure faults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +168,7 @@ pub struct Step {
     pub egress: Option<EgressSetting>,
     /// A JUnit XML file the step writes, merged into the job's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<WorkPath>")]
     pub junit: Option<Spanned<String>>,
     /// The `classname` of this step's testcase in the job's JUnit report
     /// (default: the step id); takes `${{ matrix.KEY }}`, so a matrix can
@@ -169,6 +188,7 @@ pub struct Step {
 /// `host` and `step` is set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = schema::input_rules)]
 pub struct Input {
     /// A host file or directory, relative to the manifest's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +243,7 @@ impl Input {
 pub struct Resources {
     /// Virtual CPUs (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = VCPUS_RANGE.0, max = VCPUS_RANGE.1))]
     pub vcpus: Option<Spanned<u32>>,
     /// Guest memory (default 512MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +259,7 @@ pub struct Resources {
 pub struct Limits {
     /// Most processes at once (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = PIDS_RANGE.0, max = PIDS_RANGE.1))]
     pub pids: Option<Spanned<u32>>,
     /// Stdout and stderr kept; the rest is dropped (default 10MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +269,7 @@ pub struct Limits {
     pub file_size: Option<Spanned<ByteSize>>,
     /// Most open files per process (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = OPEN_FILES_RANGE.0, max = OPEN_FILES_RANGE.1))]
     pub open_files: Option<Spanned<u32>>,
 }
 

@@ -43,7 +43,7 @@ pub enum UnitError {
     Overflow(String),
 }
 
-const DURATION_UNITS: &[(&str, u64)] = &[
+pub(super) const DURATION_UNITS: &[(&str, u64)] = &[
     ("d", 86_400_000),
     ("h", 3_600_000),
     ("m", 60_000),
@@ -52,7 +52,7 @@ const DURATION_UNITS: &[(&str, u64)] = &[
 ];
 
 const KI: u64 = 1024;
-const SIZE_UNITS: &[(&str, u64)] = &[
+pub(super) const SIZE_UNITS: &[(&str, u64)] = &[
     ("B", 1),
     ("K", KI),
     ("Ki", KI),
@@ -199,7 +199,7 @@ fn unit_help(kind: &str) -> &'static str {
 }
 
 macro_rules! unit_serde {
-    ($ty:ident, $kind:literal, $pattern:literal) => {
+    ($ty:ident, $kind:literal, $pattern:literal, $grammar:expr) => {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
@@ -247,14 +247,25 @@ macro_rules! unit_serde {
                     "type": "string",
                     "description": unit_help($kind),
                     "examples": [$pattern],
+                    "pattern": $grammar,
                 })
             }
         }
     };
 }
 
-unit_serde!(Duration, "duration", "30s");
-unit_serde!(ByteSize, "size", "512MiB");
+unit_serde!(
+    Duration,
+    "duration",
+    "30s",
+    super::schema::duration_pattern(DURATION_UNITS)
+);
+unit_serde!(
+    ByteSize,
+    "size",
+    "512MiB",
+    super::schema::size_pattern(SIZE_UNITS)
+);
 
 impl Duration {
     /// A duration of whole seconds.

@@ -18,6 +18,9 @@ use super::model::{Report, RunStatus, Verdict};
 /// Version of the event lines; bumped on an incompatible change.
 pub const EVENTS_VERSION: u32 = 1;
 
+/// The `$id` of `schemas/events.schema.json`.
+pub const EVENTS_SCHEMA_ID: &str = "https://sbxrun.dev/schemas/events.schema.json";
+
 /// One line of the JSON log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
@@ -201,7 +204,7 @@ pub fn events_schema() -> serde_json::Value {
         .into_generator()
         .into_root_schema_for::<LogLine>()
         .to_value();
-    schema["$id"] = serde_json::Value::from(super::schema_id("events"));
+    schema["$id"] = serde_json::Value::from(EVENTS_SCHEMA_ID);
     schema
 }
 

@@ -27,14 +27,9 @@ pub(crate) use model::test_denials;
 pub use model::{
     report_schema, Attempt, CacheReport, CacheStatus, EgressEvent, EgressReport, FileDigest,
     GuestTimings, HostInfo, ImageReport, JobInfo, LogPaths, Report, RunStatus, SlurmAttempt,
-    StepReport, Timings, Usage, Verdict, REPORT_VERSION,
+    StepReport, Timings, Usage, Verdict, REPORT_SCHEMA_ID, REPORT_VERSION,
 };
 pub use write::{atomic_write, Pacing, MIN_GAP};
 
 #[cfg(test)]
 mod sink_tests;
-
-/// The `$id` of one of the schemas in `schemas/`.
-pub fn schema_id(name: &str) -> String {
-    format!("https://sbxrun.dev/schemas/{name}.schema.json")
-}

@@ -405,12 +405,16 @@ pub struct Report {
     pub steps: Vec<StepReport>,
 }
 
+/// The report schema's `$id`.
+pub const REPORT_SCHEMA_ID: &str = "https://sbxrun.dev/schemas/report.schema.json";
+
 /// The JSON Schema of the report, as checked in.
 pub fn report_schema() -> serde_json::Value {
-    schemars::generate::SchemaSettings::draft2020_12()
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
         .into_generator()
-        .into_root_schema_for::<Report>()
-        .to_value()
+        .into_root_schema_for::<Report>();
+    schema.insert("$id".into(), REPORT_SCHEMA_ID.into());
+    schema.to_value()
 }
 
 /// A one-job report around `steps`, for tests of the report writers.
