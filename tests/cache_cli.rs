@@ -32,8 +32,25 @@ fn stdout_ok(out: &Output) -> String {
     text
 }
 
-/// A snapshot as the runner writes it, with a sparse 2 MiB memory file.
+/// A snapshot as the runner writes it, with a sparse 2 MiB memory file,
+/// booted from a kernel asset file of the cache (created here).
 fn snapshot(cache: &Path, key: &str, format: &str) {
+    snapshot_of(cache, key, format, &kernel(cache));
+}
+
+/// The cache's (fake) kernel asset.
+fn kernel(cache: &Path) -> std::path::PathBuf {
+    let kernel = cache.join("kernel/k1/vmlinux");
+    fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+    if !kernel.exists() {
+        fs::write(&kernel, vec![9u8; 30_000]).unwrap();
+    }
+    kernel
+}
+
+/// A snapshot booted from the cache's kernel (as initramfs too) and `image`.
+fn snapshot_of(cache: &Path, key: &str, format: &str, image: &Path) {
+    let booted = kernel(cache);
     let dir = cache.join("snapshots").join(key);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("state"), encode(&serde_json::json!({})).unwrap()).unwrap();
@@ -48,9 +65,9 @@ fn snapshot(cache: &Path, key: &str, format: &str) {
         format: format.into(),
         memory_mib: 2,
         vcpus: 1,
-        kernel: "/k".into(),
-        initramfs: "/i".into(),
-        image: "/r".into(),
+        kernel: booted.clone(),
+        initramfs: booted,
+        image: image.into(),
         memory_crc32: crc.finalize(),
         memory_bytes_written: 4096,
         boot_ms: 1,
@@ -81,8 +98,6 @@ fn fake_cache() -> tempfile::TempDir {
     fs::create_dir_all(c.join(live)).unwrap();
     let dead = format!("snapshots/.tmp-eeeeeeeeeeeeeeeeeeeeeeee-{DEAD_PID}");
     fs::create_dir_all(c.join(dead)).unwrap();
-    fs::create_dir_all(c.join("kernel/k1")).unwrap();
-    fs::write(c.join("kernel/k1/vmlinux"), vec![9u8; 30_000]).unwrap();
     dir
 }
 
@@ -265,4 +280,66 @@ fn step_results_are_listed_and_cleaned_on_their_own() {
     assert_eq!(store.usage().bytes, 0);
     // Snapshots are not step results.
     assert!(cache.join("snapshots/k1").is_dir());
+}
+
+/// Images built from directories are listed with their source and last
+/// use; `--stale` drops the ones whose tree changed or went away (and the
+/// snapshots booted from an image that is gone), `--images` drops them
+/// all, and the kernel stays throughout.
+#[test]
+fn directory_images_are_listed_with_their_source_and_cleaned_when_stale() {
+    use sbxrun_runner::pool::resolve_image;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let tree = dir.path().join("rootfs");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/os-release"), "ID=test\n").unwrap();
+    let old = resolve_image(&tree, &cache).unwrap();
+    fs::write(tree.join("etc/os-release"), "ID=test\nVERSION=2\n").unwrap();
+    let new = resolve_image(&tree, &cache).unwrap();
+    assert_ne!(old, new);
+    let gone = dir.path().join("deleted-rootfs");
+    fs::create_dir_all(&gone).unwrap();
+    fs::write(gone.join("x"), "x").unwrap();
+    let orphan_image = resolve_image(&gone, &cache).unwrap();
+    fs::remove_dir_all(&gone).unwrap();
+    let current = format!("{FORMAT_MAJOR}.{FORMAT_MINOR}");
+    snapshot(&cache, "k1k1k1k1k1k1k1k1k1k1k1k1", &current);
+    snapshot_of(&cache, "0000000000000000000000aa", &current, &old);
+
+    let ls = stdout_ok(&sbxrun(&cache, &["cache", "ls"]));
+    let source = fs::canonicalize(&tree).unwrap().display().to_string();
+    let rows: Vec<&str> = ls.lines().filter(|l| l.starts_with("directory")).collect();
+    assert_eq!(rows.len(), 3, "{ls}");
+    assert_eq!(
+        rows.iter().filter(|r| r.ends_with(&source)).count(),
+        2,
+        "{ls}"
+    );
+    assert!(
+        rows.iter().all(|r| r.contains("0s") || r.contains("1s")),
+        "{ls}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_ok(&sbxrun(&cache, &["cache", "ls", "--json"]))).unwrap();
+    assert_eq!(json["dir_images"].as_array().unwrap().len(), 3, "{json:#}");
+
+    let stale = stdout_ok(&sbxrun(&cache, &["cache", "clean", "--stale"]));
+    assert!(stale.contains("its source changed since"), "{stale}");
+    assert!(stale.contains("its source is gone"), "{stale}");
+    assert!(new.exists(), "the current image stays: {stale}");
+    assert!(!old.exists() && !orphan_image.exists(), "{stale}");
+    // The snapshot booted from the removed image goes on the next pass;
+    // the one booted from the kernel stays.
+    let again = stdout_ok(&sbxrun(&cache, &["cache", "clean", "--stale"]));
+    assert!(again.contains("orphaned (image "), "{again}");
+    assert_eq!(
+        names(&cache.join("snapshots")),
+        ["k1k1k1k1k1k1k1k1k1k1k1k1"]
+    );
+
+    let images = stdout_ok(&sbxrun(&cache, &["cache", "clean", "--images"]));
+    assert!(!new.exists(), "{images}");
+    assert!(cache.join("kernel/k1/vmlinux").exists(), "{images}");
+    assert!(cache.join("snapshots/k1k1k1k1k1k1k1k1k1k1k1k1").exists());
 }

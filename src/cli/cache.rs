@@ -17,6 +17,7 @@ use sbxrun_runner::pool::cache::{
     self, plan_clean, remove_entry, short_key, AssetEntry, CleanScope, Inventory, ScratchEntry,
     SnapshotEntry, SnapshotState, Usage,
 };
+use sbxrun_runner::pool::dir_images::{self, DirImage};
 use sbxrun_stepcache::LocalStore;
 
 /// Arguments of `sbxrun cache`.
@@ -51,15 +52,18 @@ pub struct LsArgs {
 /// Arguments of `sbxrun cache clean`.
 #[derive(Debug, Args)]
 pub struct CleanArgs {
-    /// Remove only stale and damaged snapshots and abandoned builds.
+    /// Remove only what no run will use again: stale, damaged and orphaned
+    /// snapshots, abandoned builds, and images built from directories
+    /// whose source changed or is gone.
     #[arg(long, conflicts_with = "all")]
     pub stale: bool,
     /// Also remove the built guest assets (`make assets` rebuilds them),
     /// the container images and the scratch of finished runs.
     #[arg(long)]
     pub all: bool,
-    /// Remove the pulled container images and their blobs (pulled again on
-    /// demand), and nothing else: snapshots and the guest kernel stay.
+    /// Remove the images: those pulled from registries (with their blobs)
+    /// and those built from directories; each is pulled or built again on
+    /// demand. Snapshots, the guest kernel and the default image stay.
     #[arg(long, conflicts_with_all = ["all", "stale"])]
     pub images: bool,
     /// Remove the cached step results (every step runs again next time),
@@ -77,10 +81,16 @@ pub fn run(args: CacheArgs) -> CliResult {
     let inv = cache::scan(&dir).map_err(|e| CliError::infra(&e))?;
     match args.command {
         CacheCommand::Ls(a) => ls(&inv, a.json),
-        CacheCommand::Clean(a) if a.images => clean_images(a.dry_run),
+        CacheCommand::Clean(a) if a.images => {
+            let code = clean_images(a.dry_run)?;
+            Ok(code.max(clean_built_images(&dir, false, a.dry_run)))
+        }
         CacheCommand::Clean(a) if a.steps => clean_steps(a.dry_run),
         CacheCommand::Clean(a) => {
-            let code = clean(&inv, &a)?;
+            let mut code = clean(&inv, &a)?;
+            if a.stale {
+                code = code.max(clean_built_images(&dir, true, a.dry_run));
+            }
             if a.all {
                 clean_images(a.dry_run)?;
                 clean_steps(a.dry_run)?;
@@ -125,6 +135,24 @@ fn clean_steps(dry_run: bool) -> CliResult {
         format_bytes(removed.bytes)
     );
     Ok(EXIT_OK)
+}
+
+/// Removes images built from directories (`stale_only`: those whose source
+/// changed or is gone); the exit code.
+fn clean_built_images(cache: &Path, stale_only: bool, dry_run: bool) -> i32 {
+    let (freed, failed) = super::cache_images::clean_built(cache, stale_only, dry_run);
+    if freed > 0 {
+        let verb = if dry_run { "would free" } else { "freed" };
+        outln!(
+            "{verb} {} of images built from directories (built again on demand)",
+            format_bytes(freed)
+        );
+    }
+    if failed {
+        EXIT_INFRA
+    } else {
+        EXIT_OK
+    }
 }
 
 /// The container image store, if anything was ever pulled.
@@ -213,6 +241,9 @@ struct LsJson<'a> {
     images: Vec<ImageJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     images_bytes: Option<u64>,
+    /// Images built from directories, with their source and last use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dir_images: Vec<DirImage>,
     /// Cached step results.
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<StepsJson>,
@@ -229,6 +260,8 @@ struct StepsJson {
 
 fn ls(inv: &Inventory, json: bool) -> CliResult {
     let store = image_store()?;
+    let pulled = store.as_ref().map(Store::list_images).unwrap_or_default();
+    let built = dir_images::list(&inv.cache);
     let images = images_of(store.as_ref());
     let images_bytes = store.as_ref().map(Store::usage);
     let steps = step_store()?.map(|s| {
@@ -251,6 +284,7 @@ fn ls(inv: &Inventory, json: bool) -> CliResult {
             scratch_total: Usage::total(inv.scratch.iter().map(|s| &s.usage)),
             images,
             images_bytes,
+            dir_images: built,
             steps,
         };
         let text = serde_json::to_string_pretty(&out)
@@ -258,13 +292,8 @@ fn ls(inv: &Inventory, json: bool) -> CliResult {
         outln!("{text}");
     } else {
         out!("{}", render_ls(inv, now_unix()));
-        if let Some(bytes) = images_bytes {
-            outln!(
-                "container images: {} ({} on disk with their blobs); `sbxrun image ls` lists them",
-                images.len(),
-                format_bytes(bytes)
-            );
-        }
+        let rows = super::cache_images::rows(&pulled, &built);
+        out!("{}", super::cache_images::render(&rows, now_unix()));
         match steps {
             Some(s) => outln!(
                 "step results: {} cached, {} on disk in {}",

@@ -2,6 +2,7 @@
 //! lives in its own file.
 
 pub mod cache;
+mod cache_images;
 mod doctor;
 mod exec;
 pub mod graph;

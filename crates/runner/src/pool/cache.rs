@@ -83,6 +83,9 @@ pub enum SnapshotState {
     Building { pid: u32 },
     /// A `.tmp-*` build whose process is gone (or that names none).
     Abandoned { pid: Option<u32> },
+    /// A file it was booted from (kernel, initramfs or root image) is
+    /// gone, so no run can ask for it again.
+    Orphaned { missing: String },
 }
 
 impl SnapshotState {
@@ -93,6 +96,7 @@ impl SnapshotState {
             SnapshotState::Stale { .. }
                 | SnapshotState::Damaged { .. }
                 | SnapshotState::Abandoned { .. }
+                | SnapshotState::Orphaned { .. }
         )
     }
 
@@ -105,6 +109,7 @@ impl SnapshotState {
             SnapshotState::Damaged { reason } => format!("damaged ({reason})"),
             SnapshotState::Building { pid } => format!("building (pid {pid})"),
             SnapshotState::Abandoned { .. } => "abandoned".into(),
+            SnapshotState::Orphaned { missing } => format!("orphaned ({missing} is gone)"),
         }
     }
 }
@@ -196,9 +201,17 @@ pub fn scan(cache: &Path) -> Result<Inventory, CacheError> {
         // symlink_metadata: `assets/` or a tree may itself be a link, which
         // is measured and removed as a link.
         if path.symlink_metadata().is_ok() {
+            let mut usage = usage_of(&path);
+            if name == "images" {
+                // Images built from users' directories are listed on their
+                // own (`dir_images`), not as guest assets.
+                let built = usage_of(&super::dir_images::dir_images_root(cache));
+                usage.apparent_bytes = usage.apparent_bytes.saturating_sub(built.apparent_bytes);
+                usage.disk_bytes = usage.disk_bytes.saturating_sub(built.disk_bytes);
+            }
             assets.push(AssetEntry {
                 name: name.to_string(),
-                usage: usage_of(&path),
+                usage,
                 path,
             });
         }
@@ -386,9 +399,24 @@ fn read_loose_meta(dir: &Path, entry: &mut SnapshotEntry) -> Result<Option<Snaps
         .next()
         .and_then(|m| m.parse::<u16>().ok())
         .ok_or_else(|| format!("meta.json: format `{format}` is not MAJOR.MINOR"))?;
-    Ok((major != FORMAT_MAJOR).then(|| SnapshotState::Stale {
-        format: format.to_string(),
-    }))
+    if major != FORMAT_MAJOR {
+        return Ok(Some(SnapshotState::Stale {
+            format: format.to_string(),
+        }));
+    }
+    // A snapshot is keyed by the files it booted; once one is gone (an
+    // image rebuilt from an edited tree, a kernel rebuilt) nothing asks
+    // for the snapshot again.
+    for field in ["kernel", "initramfs", "image"] {
+        if let Some(path) = obj.get(field).and_then(|v| v.as_str()) {
+            if !Path::new(path).exists() {
+                return Ok(Some(SnapshotState::Orphaned {
+                    missing: format!("{field} {path}"),
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Apparent and real size of `path` and everything under it, without

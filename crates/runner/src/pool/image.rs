@@ -183,11 +183,13 @@ fn build_from_dir(root: &Path, cache: &Path, on_build: &dyn Fn()) -> Result<Path
     let mkfs = find_mkfs()?;
     let version = mkfs_version(&mkfs)?;
     let tree = walk(root, &version)?;
-    let dir = cache.join("images").join("dirs").join(&tree.key[..32]);
+    let key = &tree.key[..KEY_CHARS];
+    let dir = super::dir_images::dir_images_root(cache).join(key);
     let out = dir.join("rootfs.ext4");
     // A file that is there but not ext4 (a truncated copy, a disk that
     // filled up) is rebuilt rather than handed to the VM.
     if out.is_file() && sbxrun_image::ext4::is_ext4(&out).unwrap_or(false) {
+        super::dir_images::mark_used(&dir);
         return Ok(out);
     }
     on_build();
@@ -233,7 +235,17 @@ fn build_from_dir(root: &Path, cache: &Path, on_build: &dyn Fn()) -> Result<Path
     // Concurrent runners may build the same tree at once; each renames its
     // own complete file over the name, so a reader never sees a partial one.
     tmp.persist(&out)?;
+    super::dir_images::record_build(&dir, root, key);
     Ok(out)
+}
+
+/// Characters of the tree digest that name an image's cache directory.
+const KEY_CHARS: usize = 32;
+
+/// The cache key a directory's image has now (what a run would use).
+pub fn tree_key(root: &Path) -> Result<String, ImageError> {
+    let version = mkfs_version(&find_mkfs()?)?;
+    Ok(walk(root, &version)?.key[..KEY_CHARS].to_owned())
 }
 
 /// The image's size: the tree's bytes with room for metadata. The file is

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod container;
+pub mod dir_images;
 pub mod image;
 pub mod launch;
 pub mod session;
