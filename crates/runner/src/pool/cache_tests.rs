@@ -12,6 +12,10 @@ const MIB: u32 = 4;
 /// Writes a snapshot the runner would accept: meta.json, a valid state file
 /// and a sparse memory file with a little data in it.
 fn fake_snapshot(cache: &Path, key: &str, format: &str) -> PathBuf {
+    // Booted from a file that exists, or the snapshot would be orphaned.
+    let booted = cache.join("kernel/vmlinux");
+    fs::create_dir_all(booted.parent().unwrap()).unwrap();
+    fs::write(&booted, b"kernel").unwrap();
     let dir = snapshots_dir(cache).join(key);
     fs::create_dir_all(&dir).unwrap();
     let state = sbxrun_proto::snapshot_file::encode(&serde_json::json!({"vcpus": []})).unwrap();
@@ -27,9 +31,9 @@ fn fake_snapshot(cache: &Path, key: &str, format: &str) -> PathBuf {
         format: format.into(),
         memory_mib: MIB,
         vcpus: 2,
-        kernel: "/k".into(),
-        initramfs: "/i".into(),
-        image: "/r".into(),
+        kernel: booted.clone(),
+        initramfs: booted.clone(),
+        image: booted,
         memory_crc32: crc.finalize(),
         memory_bytes_written: 8192,
         boot_ms: 900,
@@ -339,4 +343,24 @@ fn json_listing_survives_names_that_are_not_utf8() {
     let inv = scan(dir.path()).unwrap();
     let json = serde_json::to_string(&inv).unwrap();
     assert!(json.contains("bad\u{fffd}name"), "{json}");
+}
+
+#[test]
+fn a_snapshot_whose_image_is_gone_is_orphaned_and_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = fake_snapshot(dir.path(), "aaaa1111bbbb2222", &current_format());
+    let meta_path = snap.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["image"] = "/nonexistent/rootfs.ext4".into();
+    fs::write(&meta_path, meta.to_string()).unwrap();
+    let inv = scan(dir.path()).unwrap();
+    let state = state_of(&inv, "aaaa1111bbbb2222");
+    assert_eq!(
+        *state,
+        SnapshotState::Orphaned {
+            missing: "image /nonexistent/rootfs.ext4".into()
+        }
+    );
+    assert!(state.is_stale());
 }

@@ -497,12 +497,21 @@ mod tests {
         let link = debugfs(&image, "stat /bin/link");
         assert!(link.contains("Type: symlink"), "{link}");
         assert!(link.contains("Fast link dest: \"tool\""), "{link}");
-        // Nothing but the image is left in its cache directory.
-        let names: Vec<_> = fs::read_dir(image.parent().unwrap())
+        // Nothing but the image and its records is left in its cache
+        // directory (no temporary file).
+        let mut names: Vec<_> = fs::read_dir(image.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, [OsStr::new("rootfs.ext4")]);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                OsStr::new("last-used"),
+                OsStr::new("rootfs.ext4"),
+                OsStr::new("source.json")
+            ]
+        );
     }
 
     #[test]
