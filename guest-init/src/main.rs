@@ -6,6 +6,7 @@
 mod artifacts;
 mod channel;
 mod direct;
+mod memcg;
 mod net;
 mod run;
 mod setup;

@@ -156,6 +156,9 @@ pub fn request(inst: &Instance, start: Start, input_bytes: Option<u64>) -> RunRe
             outputs,
         },
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     }
 }
 

@@ -169,6 +169,7 @@ mod tests {
             wall_us: 1,
             timed_out,
             outputs: None,
+            memory: None,
             phases: None,
         })
     }
