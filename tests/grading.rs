@@ -1,11 +1,11 @@
 //! The grading settings end to end on real VMs: `limits.cpu_time` (a
 //! spinning step is `tle` with `limit: cpu_time`, a sleeping one with the
 //! same limit passes), `limits.memory` (one allocation larger than the VM
-//! is `mle` with `limit: memory`, a small one passes), `stdin` fed from the
-//! inputs, and `expect` (a right answer passes, a wrong one is `wrong` with
-//! its mismatch in report.json, JUnit and the console; cut-off output is
-//! `ole`, not a pass). One job, so the VMs share one snapshot and run side
-//! by side.
+//! is `mle` with `limit: memory` where without the limit it fails with
+//! ENOMEM; a small one passes), `stdin` fed from the inputs, and `expect`
+//! (a right answer passes, a wrong one is `wrong` with its mismatch in
+//! report.json, JUnit and the console; cut-off output is `ole`, not a
+//! pass). One job, so the VMs share one snapshot.
 
 mod common;
 
@@ -41,12 +41,15 @@ steps:
     run: sleep 15
   hog:
     limits: { memory: 8MiB }
-    # One allocation of 300 MB: more than the whole VM, so without
-    # overcommit it would fail with ENOMEM and awk would just exit 2.
-    run: awk 'BEGIN { s = sprintf("%300000000s", ""); print length(s) }'
+    # One allocation of 300 MB (dd's buffer), more than the whole VM.
+    run: dd if=/dev/zero of=/dev/null bs=300M count=1
+  unlimited:
+    # The same without a memory limit: the kernel refuses it up front
+    # (ENOMEM), the plain failure the limit's overcommit rule avoids.
+    run: dd if=/dev/zero of=/dev/null bs=300M count=1
   sip:
     limits: { memory: 8MiB }
-    run: awk 'BEGIN { s = sprintf("%100000s", ""); print length(s) }'
+    run: dd if=/dev/zero of=/dev/null bs=1M count=1
   answer:
     matrix: { case: [right, wrong] }
     inputs: [{ host: cases, to: cases }]
@@ -118,8 +121,11 @@ fn grading_limits_stdin_and_expected_output_on_real_vms() {
     assert!(msg.starts_with("memory limit of 8MiB exceeded"), "{msg}");
     let (sip, _) = last("sip");
     assert_eq!(sip["verdict"], "passed", "{sip:#}");
-    let sip_log = std::fs::read_to_string(out.join("logs/sip.log")).unwrap();
-    assert!(sip_log.contains("out| 100000"), "{sip_log}");
+    let (unlimited, a) = last("unlimited");
+    assert_eq!(unlimited["verdict"], "failed", "{unlimited:#}");
+    assert_eq!(a["exit_code"], 1);
+    let log = std::fs::read_to_string(out.join("logs/unlimited.log")).unwrap();
+    assert!(log.contains("err| dd: out of memory"), "{log}");
 
     // stdin is fed from the inputs; the right answer passes under `trim`
     // and `tokens`.
