@@ -54,6 +54,8 @@ fn outcome() -> AttemptOutcome {
         exit_code: Some(0),
         signal: None,
         message: None,
+        limit: None,
+        mismatch: None,
         timings: Timings {
             total_ms: 812.5,
             run_ms: 700.0,

@@ -62,6 +62,9 @@ fn request(script: &str, user: User) -> RunRequest {
         stdin: None,
         artifacts: Default::default(),
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     }
 }
 

@@ -27,6 +27,9 @@ fn request(cmd: Command, user: User, stdin: Option<Vec<u8>>) -> RunRequest {
         stdin,
         artifacts: Default::default(),
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     }
 }
 

@@ -113,6 +113,27 @@ const CANNOT_EXPRESS: &[(&str, &str)] = &[
         "secret-also-in-env.yaml",
         "compares `secrets` with the keys of two `env` maps",
     ),
+    // Grading: files and limits that depend on other fields or the disk.
+    (
+        "stdin-unknown-matrix-key.yaml",
+        "compares text with the step's `matrix` keys",
+    ),
+    (
+        "expect-missing-file.yaml",
+        "whether a host file exists is not in the document",
+    ),
+    (
+        "memory-limit-above-vm.yaml",
+        "compares two sizes written as text, `limits.memory` and `resources.memory`",
+    ),
+    (
+        "memory-limit-above-default-vm.kdl",
+        "compares a size written as text with the built-in VM size",
+    ),
+    (
+        "cpu-time-too-short.yaml",
+        "a pattern sees a duration's text, not its length",
+    ),
     // Magnitudes written as text.
     (
         "timeout-out-of-range.yaml",

@@ -70,6 +70,9 @@ fn request(command: Command) -> RunRequest {
         stdin: None,
         artifacts: Default::default(),
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     }
 }
 

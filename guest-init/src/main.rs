@@ -6,6 +6,7 @@
 mod artifacts;
 mod channel;
 mod direct;
+mod memcg;
 mod net;
 mod run;
 mod setup;
@@ -45,6 +46,9 @@ fn boot(started: Instant, chan_slot: &mut Option<Channel>) -> Result<(), BootErr
         urandom: setup::open_device("/dev/urandom", true)?,
     };
     run::warm_step_root(&handles);
+    // Before the snapshot, so that a step with a memory limit only sets it.
+    // A kernel without cgroups fails here; such a step then fails alone.
+    let _ = memcg::prepare_hierarchy();
     let chan = chan_slot.insert(Channel::open()?);
     let ready = Ready {
         proto_version: PROTO_VERSION,

@@ -204,6 +204,23 @@ pub struct RunRequest {
     /// The step's network; `None` leaves the interface down (no egress).
     #[serde(default)]
     pub network: Option<NetworkSetup>,
+    /// A regular file, relative to `cwd`, opened as the step's user and
+    /// given as stdin (instead of [`RunRequest::stdin`] or `/dev/null`).
+    /// Failing to open it ends the request with [`ErrorCode::Stdin`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_file: Option<String>,
+    /// CPU time limit in milliseconds: RLIMIT_CPU with the soft limit
+    /// rounded up to whole seconds (SIGXCPU) and the hard limit a second
+    /// above it (SIGKILL). The host judges the exact limit from
+    /// [`Exited::rusage`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    /// Memory limit in bytes: the step runs in a cgroup with this
+    /// `memory.max`, memory overcommit is allowed so that allocations fail
+    /// at the limit instead of at `mmap`, and [`Exited::memory`] reports
+    /// the cgroup's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
 }
 
 /// The IPv4 setup of a step that may reach the outside through the VMM's
@@ -279,6 +296,9 @@ pub enum RequestError {
     /// The working directory is not absolute.
     #[error("cwd {0:?} is not an absolute path")]
     RelativeCwd(String),
+    /// `stdin_file` names no file.
+    #[error("stdin_file is empty")]
+    EmptyStdinFile,
 }
 
 impl RunRequest {
@@ -313,6 +333,14 @@ impl RunRequest {
         }
         if !self.cwd.starts_with('/') {
             return Err(RequestError::RelativeCwd(self.cwd.clone()));
+        }
+        if let Some(f) = &self.stdin_file {
+            if f.contains('\0') {
+                return Err(RequestError::Nul("stdin_file"));
+            }
+            if f.is_empty() {
+                return Err(RequestError::EmptyStdinFile);
+            }
         }
         Ok(())
     }
@@ -353,9 +381,51 @@ pub struct Exited {
     /// Present when outputs were requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<PackSummary>,
+    /// The step's memory cgroup events; present when the request had a
+    /// [`RunRequest::memory_max`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryEvents>,
     /// When guest-init reached each phase of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phases: Option<GuestPhases>,
+}
+
+/// Counters of the step's cgroup `memory.events` (cgroup v2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEvents {
+    /// Times usage reached `memory.max` and reclaim ran.
+    #[serde(default)]
+    pub max: u64,
+    /// Times an allocation was about to fail at the limit.
+    #[serde(default)]
+    pub oom: u64,
+    /// Processes the OOM killer killed in the cgroup.
+    #[serde(default)]
+    pub oom_kill: u64,
+}
+
+impl MemoryEvents {
+    /// Parses the text of a `memory.events` file; unknown keys and
+    /// malformed lines are ignored.
+    pub fn parse(text: &str) -> MemoryEvents {
+        let mut m = MemoryEvents::default();
+        for line in text.lines() {
+            let mut parts = line.split_ascii_whitespace();
+            let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(n) = value.parse::<u64>() else {
+                continue;
+            };
+            match key {
+                "max" => m.max = n,
+                "oom" => m.oom = n,
+                "oom_kill" => m.oom_kill = n,
+                _ => {}
+            }
+        }
+        m
+    }
 }
 
 /// Where guest-init's time for one request went: the moment each phase
@@ -393,6 +463,8 @@ pub enum ErrorCode {
     SpawnFailed,
     /// guest-init could not set the VM up; it reboots after sending this.
     Setup,
+    /// The request's `stdin_file` could not be opened as the step's user.
+    Stdin,
     /// Any other guest-side failure.
     Internal,
     /// A code this side does not know yet.

@@ -13,6 +13,7 @@ use guest_init::proto::{
 };
 
 use crate::channel::Channel;
+use crate::memcg::StepCgroup;
 use crate::spawn::{self, SpawnError, SpawnSpec};
 use crate::sys;
 
@@ -106,23 +107,35 @@ pub fn exec_candidates(argv0: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
-fn rlimit_pairs(r: &Rlimits) -> Vec<(libc::c_int, u64)> {
-    [
+/// The `(resource, soft, hard)` limits of a request. The CPU limit's soft
+/// limit is its time rounded up to whole seconds (SIGXCPU, which ends the
+/// process unless it handles it), the hard one a second later (SIGKILL).
+fn rlimit_triples(r: &Rlimits, cpu_time_ms: Option<u64>) -> Vec<(libc::c_int, u64, u64)> {
+    let mut v: Vec<(libc::c_int, u64, u64)> = [
         (libc::RLIMIT_NOFILE as libc::c_int, r.nofile),
         (libc::RLIMIT_NPROC as libc::c_int, r.nproc),
         (libc::RLIMIT_FSIZE as libc::c_int, r.fsize),
         (libc::RLIMIT_AS as libc::c_int, r.address_space),
     ]
     .into_iter()
-    .filter_map(|(res, v)| v.map(|v| (res, v)))
-    .collect()
+    .filter_map(|(res, v)| v.map(|v| (res, v, v)))
+    .collect();
+    if let Some(ms) = cpu_time_ms {
+        let soft = ms.div_ceil(1000).max(1);
+        v.push((libc::RLIMIT_CPU as libc::c_int, soft, soft + 1));
+    }
+    v
 }
 
 fn cstrings<'a>(items: impl IntoIterator<Item = &'a str>) -> io::Result<Vec<CString>> {
     items.into_iter().map(sys::cstr).collect()
 }
 
-fn build_spec(req: &RunRequest, stdio: [i32; 3]) -> io::Result<SpawnSpec> {
+fn build_spec(
+    req: &RunRequest,
+    stdio: [i32; 3],
+    cgroup_procs: Option<i32>,
+) -> io::Result<SpawnSpec> {
     let argv = command_argv(&req.command);
     let env = step_env(req.user, &req.env);
     let path = env
@@ -143,8 +156,10 @@ fn build_spec(req: &RunRequest, stdio: [i32; 3]) -> io::Result<SpawnSpec> {
             User::Root => None,
             User::Ids { uid, gid } => Some((uid, gid)),
         },
-        rlimits: rlimit_pairs(&req.rlimits),
+        rlimits: rlimit_triples(&req.rlimits, req.cpu_time_ms),
         stdio,
+        stdin_file: req.stdin_file.as_deref().map(sys::cstr).transpose()?,
+        cgroup_procs,
     })
 }
 
@@ -185,9 +200,12 @@ pub fn warm_step_root(h: &Handles) {
         stdin: None,
         artifacts: Default::default(),
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     };
     let null = h.devnull.as_raw_fd();
-    let Ok(spec) = build_spec(&req, [null, null, null]) else {
+    let Ok(spec) = build_spec(&req, [null, null, null], None) else {
         return;
     };
     if let Ok(child) = spawn::spawn(&spec) {
@@ -232,6 +250,10 @@ pub fn handle_run(chan: &mut Channel, h: &Handles, req: RunRequest) -> io::Resul
         Err(RunError::Channel(e)) => Err(e),
         Err(RunError::Spawn(e @ SpawnError::NotFound(_))) => {
             chan.send_error(ErrorCode::CommandNotFound, e.to_string())?;
+            Ok(Flow::Continue)
+        }
+        Err(RunError::Spawn(e @ SpawnError::Stdin { .. })) => {
+            chan.send_error(ErrorCode::Stdin, e.to_string())?;
             Ok(Flow::Continue)
         }
         Err(RunError::Spawn(e)) => {
@@ -295,8 +317,16 @@ fn start_and_pump(
     let (out_r, out_w) = sys::pipe().map_err(RunError::Local)?;
     let (err_r, err_w) = sys::pipe().map_err(RunError::Local)?;
     let stdin_fd = stdin.as_ref().unwrap_or(&h.devnull).as_raw_fd();
-    let spec = build_spec(req, [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()])
-        .map_err(RunError::Local)?;
+    let cgroup = match req.memory_max {
+        Some(max) => Some(StepCgroup::create(max).map_err(RunError::Local)?),
+        None => None,
+    };
+    let spec = build_spec(
+        req,
+        [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()],
+        cgroup.as_ref().map(StepCgroup::procs_fd),
+    )
+    .map_err(RunError::Local)?;
     let start = Instant::now();
     clock.phases.sandbox_us = clock.us(start);
     let child = spawn::spawn(&spec)?;
@@ -314,6 +344,7 @@ fn start_and_pump(
     };
     let deadline = req.timeout_ms.map(|ms| start + Duration::from_millis(ms));
     let ended = pump.run(deadline)?;
+    let memory = cgroup.as_ref().map(StepCgroup::events);
     clock.phases.exited_us = clock.now_us();
     let outputs = if req.artifacts.outputs.is_empty() {
         None
@@ -335,6 +366,7 @@ fn start_and_pump(
         wall_us: (ended.at - start).as_micros() as u64,
         timed_out: ended.timed_out,
         outputs,
+        memory,
         phases: Some(clock.phases),
     };
     pump.chan
@@ -630,12 +662,22 @@ mod tests {
             ..Rlimits::default()
         };
         assert_eq!(
-            rlimit_pairs(&r),
+            rlimit_triples(&r, None),
             [
-                (libc::RLIMIT_NOFILE as libc::c_int, 10),
-                (libc::RLIMIT_FSIZE as libc::c_int, 20)
+                (libc::RLIMIT_NOFILE as libc::c_int, 10, 10),
+                (libc::RLIMIT_FSIZE as libc::c_int, 20, 20)
             ]
         );
+    }
+
+    #[test]
+    fn cpu_time_becomes_whole_seconds_with_a_hard_limit_a_second_above() {
+        let cpu = |ms| rlimit_triples(&Rlimits::default(), Some(ms));
+        let res = libc::RLIMIT_CPU as libc::c_int;
+        assert_eq!(cpu(500), [(res, 1, 2)]);
+        assert_eq!(cpu(2000), [(res, 2, 3)]);
+        assert_eq!(cpu(2001), [(res, 3, 4)]);
+        assert_eq!(cpu(0), [(res, 1, 2)]);
     }
 
     #[test]

@@ -22,14 +22,20 @@ pub struct SpawnSpec {
     pub cwd: CString,
     /// `(uid, gid)` to switch to; `None` stays root.
     pub ids: Option<(libc::uid_t, libc::gid_t)>,
-    /// `(resource, limit)` pairs, set as soft and hard limit.
-    pub rlimits: Vec<(libc::c_int, u64)>,
+    /// `(resource, soft, hard)` limits.
+    pub rlimits: Vec<(libc::c_int, u64, u64)>,
     /// Descriptors that become 0, 1 and 2.
     pub stdio: [RawFd; 3],
+    /// A file (relative to `cwd`) that replaces stdin, opened after the
+    /// switch to the step's user so that its permissions apply.
+    pub stdin_file: Option<CString>,
+    /// An open `cgroup.procs` of the cgroup the child joins first, so that
+    /// everything after (the exec's memory included) is charged to it.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Steps of the child's setup, for error messages.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 11] = [
     "",
     "setsid",
     "dup2",
@@ -39,8 +45,12 @@ const STAGES: [&str; 9] = [
     "setgroups",
     "setgid/setuid",
     "execve",
+    "join the step's cgroup",
+    "open the stdin file",
 ];
 const STAGE_EXEC: u32 = 8;
+const STAGE_CGROUP: u32 = 9;
+const STAGE_STDIN: u32 = 10;
 
 /// Why the child did not reach `exec`.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +58,15 @@ pub enum SpawnError {
     /// No candidate path exists.
     #[error("command not found: {0}")]
     NotFound(String),
+    /// The stdin file could not be opened as the step's user.
+    #[error("cannot open the stdin file {path:?}: {source}")]
+    Stdin {
+        /// The path, relative to the working directory.
+        path: String,
+        /// Its errno.
+        #[source]
+        source: io::Error,
+    },
     /// A setup step or exec failed.
     #[error("{stage} failed: {source}")]
     Failed {
@@ -114,6 +133,13 @@ fn child_setup(sh: &mut Shared<'_>) -> u32 {
     // owned by `spec`/`sh`, which the parent keeps alive; errno is this
     // thread's own.
     unsafe {
+        if let Some(fd) = spec.cgroup_procs {
+            // "0" moves the writer itself, before the exec gives it the
+            // memory that is to be charged to the step.
+            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                return STAGE_CGROUP;
+            }
+        }
         if libc::setsid() < 0 {
             return 1;
         }
@@ -128,10 +154,10 @@ fn child_setup(sh: &mut Shared<'_>) -> u32 {
         if libc::chdir(spec.cwd.as_ptr()) < 0 {
             return 4;
         }
-        for &(res, lim) in &spec.rlimits {
+        for &(res, soft, hard) in &spec.rlimits {
             let rl = libc::rlimit {
-                rlim_cur: lim,
-                rlim_max: lim,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(res as _, &rl) < 0 {
                 return 5;
@@ -143,6 +169,19 @@ fn child_setup(sh: &mut Shared<'_>) -> u32 {
             }
             if libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
                 return 7;
+            }
+        }
+        if let Some(path) = &spec.stdin_file {
+            // Non-blocking so that a FIFO without a writer cannot hang the
+            // (suspended) parent here; cleared again for the step's reads.
+            let flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK;
+            let fd = libc::open(path.as_ptr(), flags);
+            if fd < 0
+                || libc::fcntl(fd, libc::F_SETFL, 0) < 0
+                || libc::dup2(fd, 0) < 0
+                || libc::close(fd) < 0
+            {
+                return STAGE_STDIN;
             }
         }
         // Like execvp: keep going on "not there", remember other failures
@@ -214,6 +253,16 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Child, SpawnError> {
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
         return Err(SpawnError::NotFound(name));
+    }
+    if stage == STAGE_STDIN {
+        let path = spec
+            .stdin_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        return Err(SpawnError::Stdin {
+            path: path.unwrap_or_default(),
+            source: io::Error::from_raw_os_error(err),
+        });
     }
     let stage = STAGES.get(stage as usize).copied().unwrap_or("setup");
     Err(SpawnError::Failed {

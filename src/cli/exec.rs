@@ -164,6 +164,9 @@ pub fn run(args: ExecArgs) -> CliResult {
         stdin: None,
         artifacts: Default::default(),
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

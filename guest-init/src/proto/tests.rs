@@ -23,6 +23,9 @@ fn sample_request() -> RunRequest {
             outputs: vec!["out/*.txt".into()],
         },
         network: None,
+        stdin_file: None,
+        cpu_time_ms: None,
+        memory_max: None,
     }
 }
 
@@ -52,6 +55,11 @@ fn all_guest_msgs() -> Vec<GuestMsg> {
                 bytes: 3072,
                 pack_us: 5,
                 failed: false,
+            }),
+            memory: Some(MemoryEvents {
+                max: 3,
+                oom: 1,
+                oom_kill: 1,
             }),
             phases: Some(GuestPhases {
                 prepared_us: 1,
@@ -170,6 +178,39 @@ fn run_request_validation_catches_what_exec_would_refuse() {
     r = sample_request();
     r.cwd = "work".into();
     assert_eq!(r.validate(), Err(RequestError::RelativeCwd("work".into())));
+    r = sample_request();
+    r.stdin_file = Some("in\0put".into());
+    assert_eq!(r.validate(), Err(RequestError::Nul("stdin_file")));
+    r.stdin_file = Some(String::new());
+    assert_eq!(r.validate(), Err(RequestError::EmptyStdinFile));
+}
+
+#[test]
+fn grading_fields_are_left_out_unless_set_so_older_guests_accept_the_request() {
+    let plain = serde_json::to_string(&sample_request()).unwrap();
+    for field in ["stdin_file", "cpu_time_ms", "memory_max"] {
+        assert!(!plain.contains(field), "{field} in {plain}");
+    }
+    let mut r = sample_request();
+    r.stdin_file = Some("tests/1.in".into());
+    r.cpu_time_ms = Some(1500);
+    r.memory_max = Some(64 << 20);
+    let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<RunRequest>(&json).unwrap(), r);
+}
+
+#[test]
+fn memory_events_parse_the_counters_and_ignore_the_rest() {
+    let text = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\nbroken\nmax x\n";
+    assert_eq!(
+        MemoryEvents::parse(text),
+        MemoryEvents {
+            max: 12,
+            oom: 2,
+            oom_kill: 1
+        }
+    );
+    assert_eq!(MemoryEvents::parse(""), MemoryEvents::default());
 }
 
 #[test]

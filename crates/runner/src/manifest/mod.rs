@@ -28,8 +28,8 @@ pub use egress::{Egress, EgressError, EgressRule, EgressSetting, HostPattern, On
 pub use error::{did_you_mean, render, ManifestError, Problem, ProblemData, Problems};
 pub use interpolate::{expressions, substitute, Expr};
 pub use model::{
-    Condition, Defaults, EnvName, Input, InputSource, Job, Limits, MatrixKey, Resources, RetryOn,
-    Step, StepId, User,
+    Compare, Condition, Defaults, EnvName, Expect, Input, InputSource, Job, Limits, MatrixKey,
+    Resources, RetryOn, Step, StepId, User,
 };
 pub use node::Node;
 pub use resolve::{ImageRef, Settings};

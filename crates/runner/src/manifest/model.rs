@@ -178,6 +178,15 @@ pub struct Step {
     /// In-guest limits (override `defaults.limits` field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// A file in the working directory, usually from `inputs`, fed to the
+    /// command's stdin (default: empty stdin); takes `${{ matrix.KEY }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<WorkPath>")]
+    pub stdin: Option<Spanned<String>>,
+    /// The output the step must print: a step that exits 0 with other
+    /// output gets the verdict `wrong`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Spanned<Expect>>,
     /// Whether the step's result is reused by later runs when nothing it
     /// depends on changed (overrides `defaults.cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,6 +280,58 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = OPEN_FILES_RANGE.0, max = OPEN_FILES_RANGE.1))]
     pub open_files: Option<Spanned<u32>>,
+    /// CPU time (user + system) of the step's process and the children it
+    /// waited for, per attempt (`2s`, `500ms`); over it the verdict is
+    /// `tle` with `limit: cpu_time`. The wall-clock `timeout` still
+    /// applies. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<Spanned<Duration>>,
+    /// Memory the step's processes may use together, files it writes in
+    /// the guest included (`64MiB`); must be below the VM's
+    /// `resources.memory`. Reaching it is verdict `mle` with `limit:
+    /// memory`, also when an allocation fails rather than a process being
+    /// killed. Default: none (the VM's size bounds the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Spanned<ByteSize>>,
+}
+
+/// An expected output, compared on the host with what the step printed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// A host file holding the expected stdout, relative to the manifest's
+    /// directory like a `host` input; takes `${{ matrix.KEY }}`. It never
+    /// enters the VM, so the step can neither read nor change it.
+    pub stdout: Spanned<String>,
+    /// How output and file are compared (default `trim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Compare>,
+}
+
+/// How a step's output is compared with the expected one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compare {
+    /// Byte for byte.
+    Exact,
+    /// Line by line, ignoring whitespace at the end of each line (`\r`
+    /// included) and blank lines at the end of the output.
+    #[default]
+    Trim,
+    /// The whitespace-separated tokens must be the same, however they are
+    /// spaced or split into lines.
+    Tokens,
+}
+
+impl Compare {
+    /// The name used in manifests and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compare::Exact => "exact",
+            Compare::Trim => "trim",
+            Compare::Tokens => "tokens",
+        }
+    }
 }
 
 /// What, besides infrastructure faults, is retried.

@@ -114,6 +114,10 @@ pub struct Settings {
     pub output: ByteSize,
     /// Largest file written.
     pub file_size: ByteSize,
+    /// CPU time per attempt, when limited.
+    pub cpu_time: Option<Duration>,
+    /// Memory of the step's processes, when limited.
+    pub memory_limit: Option<ByteSize>,
     /// The step's cache setting; `None` leaves it to the default rule.
     pub cache: Option<CacheSetting>,
 }
@@ -181,6 +185,13 @@ impl Job {
             file_size: ByteSize(
                 lim(|l| l.file_size.as_ref().map(|v| v.value.0)).unwrap_or(1024 * MI),
             ),
+            cpu_time: step
+                .limits
+                .as_ref()
+                .and_then(|l| l.cpu_time.as_ref())
+                .or_else(|| d.limits.as_ref().and_then(|l| l.cpu_time.as_ref()))
+                .map(|t| t.value),
+            memory_limit: lim(|l| l.memory.as_ref().map(|v| v.value.0)).map(ByteSize),
             cache: step.cache.as_ref().or(d.cache.as_ref()).map(|c| c.value),
         }
     }

@@ -272,6 +272,11 @@ impl Duration {
     pub const fn secs(s: u64) -> Duration {
         Duration(std::time::Duration::from_secs(s))
     }
+
+    /// A duration of whole milliseconds.
+    pub const fn millis(ms: u64) -> Duration {
+        Duration(std::time::Duration::from_millis(ms))
+    }
 }
 
 #[cfg(test)]

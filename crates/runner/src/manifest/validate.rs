@@ -42,6 +42,12 @@ pub const OPEN_FILES_RANGE: (u32, u32) = (16, 1 << 20);
 pub const OUTPUT_RANGE: (ByteSize, ByteSize) = (ByteSize(KI), ByteSize(GI));
 /// Allowed range of `limits.file_size`.
 pub const FILE_SIZE_RANGE: (ByteSize, ByteSize) = (ByteSize(KI), ByteSize(1024 * GI));
+/// Allowed range of `limits.cpu_time`.
+pub const CPU_TIME_RANGE: (Duration, Duration) = (Duration::millis(10), Duration::secs(7 * 86_400));
+/// Allowed range of `limits.memory` (and it must be below the VM's memory).
+pub const MEMORY_LIMIT_RANGE: (ByteSize, ByteSize) = (ByteSize(4 * MI), ByteSize(256 * GI));
+/// The VM's memory when no `resources.memory` is given.
+const DEFAULT_VM_MEMORY: ByteSize = ByteSize(512 * MI);
 /// Most instances one step's matrix may expand to.
 pub const MAX_MATRIX_INSTANCES: usize = 1024;
 
@@ -174,6 +180,70 @@ impl Validator<'_> {
         }
         if let Some(v) = &l.file_size {
             self.range(v, FILE_SIZE_RANGE, "file_size", format!("{at}.file_size"));
+        }
+        if let Some(v) = &l.cpu_time {
+            self.range(v, CPU_TIME_RANGE, "cpu_time", format!("{at}.cpu_time"));
+        }
+        if let Some(v) = &l.memory {
+            self.range(v, MEMORY_LIMIT_RANGE, "memory", format!("{at}.memory"));
+        }
+    }
+
+    /// `limits.memory` must leave room in the VM: the limit of the step (its
+    /// own or the default) against the VM's memory (its own, the default,
+    /// or 512MiB). Reported where the limit is written, once.
+    fn memory_limit(&mut self, step: &Step, at: &str) {
+        let d = &self.job.defaults;
+        let limit = |l: &Option<Limits>| l.as_ref().and_then(|l| l.memory.clone());
+        let (limit, field) = match (limit(&step.limits), limit(&d.limits)) {
+            (Some(l), _) => (l, format!("{at}.limits.memory")),
+            (None, Some(l)) => (l, "defaults.limits.memory".to_owned()),
+            (None, None) => return,
+        };
+        let vm =
+            |r: &Option<Resources>| r.as_ref().and_then(|r| r.memory.as_ref().map(|m| m.value));
+        let vm = vm(&step.resources)
+            .or_else(|| vm(&d.resources))
+            .unwrap_or(DEFAULT_VM_MEMORY);
+        if limit.value < vm {
+            return;
+        }
+        let p = Problem::new(
+            "manifest::memory_limit",
+            format!(
+                "memory limit {} is not below the VM's memory ({vm})",
+                limit.value
+            ),
+            limit.span,
+            "must be below `resources.memory`",
+        )
+        .with_field(field)
+        .with_help(
+            "lower `limits.memory` or raise `resources.memory`; the guest kernel needs \
+             some of the VM's memory too",
+        );
+        let seen = self
+            .problems
+            .iter()
+            .any(|q| q.code == p.code && q.span == p.span);
+        if !seen {
+            self.push(p);
+        }
+    }
+
+    /// `stdin` is a path in the work dir; `expect.stdout` a host file.
+    fn grading(&mut self, id: &StepId, step: &Step, keys: &[&str], at: &str) {
+        let what = format!("step `{id}`");
+        if let Some(stdin) = &step.stdin {
+            let field = format!("{at}.stdin");
+            self.expressions(stdin, keys, &what, &field);
+            self.rel_path(stdin, "stdin", &field, false);
+        }
+        if let Some(expect) = &step.expect {
+            let field = format!("{at}.expect.stdout");
+            let file = &expect.stdout;
+            self.expressions(file, keys, &what, &field);
+            self.host_paths(step, file, "expected output", &field);
         }
     }
 
@@ -320,6 +390,8 @@ impl Validator<'_> {
         if let Some(l) = &step.limits {
             self.limits(l, &format!("{at}.limits"));
         }
+        self.memory_limit(step, &at);
+        self.grading(id, step, &keys, &at);
     }
 
     /// A step's own `cache: true` cannot hold if it may reach the internet
@@ -399,7 +471,7 @@ impl Validator<'_> {
                     );
                 }
                 self.expressions(host, keys, &what, &format!("{at}.host"));
-                self.host_paths(step, host, &format!("{at}.host"));
+                self.host_paths(step, host, "host input", &format!("{at}.host"));
             }
             (None, Some(producer)) => {
                 if self.step_ref(producer, &format!("{at}.step")) {
@@ -478,7 +550,7 @@ impl Validator<'_> {
     /// (`subs/${{ matrix.sub }}.py`): each must pass [`Self::host_path`].
     /// Only the keys the path uses are expanded, and at most
     /// [`MAX_HOST_PATH_CHECKS`] paths are checked.
-    fn host_paths(&mut self, step: &Step, host: &Spanned<String>, field: &str) {
+    fn host_paths(&mut self, step: &Step, host: &Spanned<String>, what: &str, field: &str) {
         let used: Vec<(&str, &Vec<Spanned<String>>)> = step
             .matrix
             .iter()
@@ -486,7 +558,7 @@ impl Validator<'_> {
             .map(|(k, v)| (k.as_str(), v))
             .collect();
         if used.is_empty() {
-            self.host_path(host, host.as_str(), None, field);
+            self.host_path(host, host.as_str(), None, what, field);
             return;
         }
         let mut combos: Vec<Vec<(&str, &str)>> = vec![Vec::new()];
@@ -509,7 +581,7 @@ impl Validator<'_> {
             });
             let values: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let before = self.problems.len();
-            self.host_path(host, &path, Some(&values.join(",")), field);
+            self.host_path(host, &path, Some(&values.join(",")), what, field);
             if self.problems.len() > before {
                 // One missing instance says enough; the rest are alike.
                 return;
@@ -517,14 +589,16 @@ impl Validator<'_> {
         }
     }
 
-    /// A host input must exist and stay inside the manifest's directory
-    /// (after following symlinks). `path` is `host` with the matrix
-    /// values of the instance `instance` substituted.
+    /// A host file (`what`: a host input, an expected output) must exist
+    /// and stay inside the manifest's directory (after following
+    /// symlinks). `path` is `host` with the matrix values of the instance
+    /// `instance` substituted.
     fn host_path(
         &mut self,
         host: &Spanned<String>,
         path: &str,
         instance: Option<&str>,
+        what: &str,
         field: &str,
     ) {
         let base = &self.src.dir;
@@ -546,15 +620,17 @@ impl Validator<'_> {
             Some(false) => {}
             Some(true) => {
                 let p = problem(
-                    format!("host input {shown} is outside the manifest's directory"),
+                    format!("{what} {shown} is outside the manifest's directory"),
                     "escapes the manifest's directory",
                 )
-                .with_help("host inputs are relative to the manifest and stay below it");
+                .with_help(format!(
+                    "{what}s are relative to the manifest and stay below it"
+                ));
                 self.push(p);
             }
             None => {
                 let p = problem(
-                    format!("host input {shown} does not exist"),
+                    format!("{what} {shown} does not exist"),
                     "no such file or directory",
                 )
                 .with_help(format!(

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use indexmap::IndexMap;
 
-use crate::manifest::{substitute, Condition, InputSource, Job, RetryOn, Settings, Step, StepId};
+use crate::manifest::{
+    substitute, Compare, Condition, InputSource, Job, RetryOn, Settings, Step, StepId,
+};
 
 /// An instance's index in its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +48,17 @@ pub enum PlannedInput {
     },
 }
 
+/// An instance's expected stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedExpect {
+    /// The host file (the manifest's directory joined with the path).
+    pub path: PathBuf,
+    /// The path as written, matrix values substituted, for messages.
+    pub shown: String,
+    /// How the output is compared with it.
+    pub compare: Compare,
+}
+
 /// One runnable unit: a step, or one matrix combination of it.
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -69,6 +82,10 @@ pub struct Instance {
     pub junit: Option<String>,
     /// The classname of its JUnit testcase, when the step chose one.
     pub junit_classname: Option<String>,
+    /// A file in the work dir fed to stdin.
+    pub stdin: Option<String>,
+    /// The stdout it must print.
+    pub expect: Option<PlannedExpect>,
     /// Image, size, limits, egress, user, timeout, retries.
     pub settings: Settings,
     /// Failures of the step itself that are retried.
@@ -165,6 +182,15 @@ pub(crate) fn instance(
         outputs: step.outputs.iter().map(|o| sub(o)).collect(),
         junit: step.junit.as_ref().map(|j| sub(j)),
         junit_classname: step.junit_classname.as_ref().map(|c| sub(c)),
+        stdin: step.stdin.as_ref().map(|f| sub(f)),
+        expect: step.expect.as_ref().map(|e| {
+            let shown = sub(&e.stdout);
+            PlannedExpect {
+                path: job.source.dir.join(&shown),
+                shown,
+                compare: e.compare.unwrap_or_default(),
+            }
+        }),
         settings: settings.clone(),
         retry_on: step.retry_on.clone(),
         allow_failure: step.allow_failure,

@@ -9,7 +9,7 @@ mod ready;
 mod render;
 
 pub use error::PlanError;
-pub use expand::{Command, Instance, InstanceId, PlannedInput};
+pub use expand::{Command, Instance, InstanceId, PlannedExpect, PlannedInput};
 pub use graph::{Plan, Selection};
 pub use ready::{Outcome, Progress, Ready};
 pub use render::Format;

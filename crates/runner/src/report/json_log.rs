@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::{RunEvent, StepEnd, StepInfo};
 use super::logs::Stream;
-use super::model::{Report, RunStatus, Verdict};
+use super::model::{Limit, Mismatch, Report, RunStatus, Verdict};
 
 /// Version of the event lines; bumped on an incompatible change.
 pub const EVENTS_VERSION: u32 = 1;
@@ -94,6 +94,12 @@ pub enum LogEvent {
         signal: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// The limit a `tle`, `mle` or `ole` attempt ran into.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<Limit>,
+        /// Where a `wrong` attempt's output first differs from the expected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mismatch: Option<Mismatch>,
         /// Another attempt follows.
         retrying: bool,
         /// The step's result came from the step cache; nothing ran.
@@ -304,6 +310,8 @@ impl JsonLog {
                     exit_code: a.exit_code,
                     signal: a.signal,
                     message: a.message.clone(),
+                    limit: a.limit,
+                    mismatch: a.mismatch.clone(),
                     retrying: *retrying,
                     cached: outcome.cache_hit(),
                     duration_ms: a.timings.total_ms,
@@ -419,6 +427,8 @@ mod tests {
                 exit_code: Some(1),
                 signal: None,
                 message: Some("exited with code 1".into()),
+                limit: None,
+                mismatch: None,
                 retrying: false,
                 cached: false,
                 duration_ms: 12.5,

@@ -390,6 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_answer_is_a_failure_of_type_wrong_with_its_diff_as_text() {
+        use crate::report::model::{test_report, test_step};
+        let mut wrong = test_step("t[case=b]", EgressReport::default());
+        wrong.verdict = Verdict::Wrong;
+        wrong.message =
+            Some("wrong answer (trim comparison): line 2: expected `4`, got `5`".into());
+        let report = test_report(vec![wrong]);
+        let xml = String::from_utf8(
+            to_bytes(&build(&report, &|_| Tails::default(), &|_| Vec::new())).unwrap(),
+        )
+        .unwrap();
+        assert!(xml.contains(r#"type="wrong""#), "{xml}");
+        assert!(xml.contains(r#"failures="1""#), "{xml}");
+        assert!(
+            xml.contains("<![CDATA[wrong answer (trim comparison): line 2: expected `4`, got `5`]]></failure>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn a_step_may_choose_its_testcases_classname() {
         use crate::report::model::{test_report, test_step};
         let mut chosen = test_step("t[case=a]", EgressReport::default());

@@ -26,8 +26,8 @@ pub use mask::{mask_str, Masker, MASK};
 pub(crate) use model::test_denials;
 pub use model::{
     report_schema, Attempt, CacheReport, CacheStatus, EgressEvent, EgressReport, FileDigest,
-    GuestTimings, HostInfo, ImageReport, JobInfo, LogPaths, Report, RunStatus, SlurmAttempt,
-    StepReport, Timings, Usage, Verdict, REPORT_SCHEMA_ID, REPORT_VERSION,
+    GuestTimings, HostInfo, ImageReport, JobInfo, Limit, LogPaths, Mismatch, Report, RunStatus,
+    SlurmAttempt, StepReport, Timings, Usage, Verdict, REPORT_SCHEMA_ID, REPORT_VERSION,
 };
 pub use write::{atomic_write, Pacing, MIN_GAP};
 

@@ -19,12 +19,17 @@ pub enum Verdict {
     Passed,
     /// Exited non-zero, or produced invalid outputs.
     Failed,
-    /// Ran out of time (the VM was stopped).
+    /// Ran out of time: wall clock (`timeout`) or CPU (`limits.cpu_time`);
+    /// the attempt's `limit` says which.
     Tle,
-    /// Killed by the guest's out-of-memory killer.
+    /// Reached its `limits.memory`, or killed by the guest's out-of-memory
+    /// killer.
     Mle,
     /// Wrote more output than its limit allows.
     Ole,
+    /// Exited 0, but its stdout is not the `expect`ed output (wrong
+    /// answer).
+    Wrong,
     /// Killed by a signal.
     Sig,
     /// Infrastructure: the VM failed to start or died, snapshot or host
@@ -54,6 +59,7 @@ impl Verdict {
             Verdict::Tle => "TLE",
             Verdict::Mle => "MLE",
             Verdict::Ole => "OLE",
+            Verdict::Wrong => "wrong",
             Verdict::Sig => "SIG",
             Verdict::Infra => "INFRA",
             Verdict::Skipped => "skipped",
@@ -151,10 +157,49 @@ pub struct Attempt {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The limit a `tle`, `mle` or `ole` attempt ran into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+    /// Where a `wrong` attempt's output first differs from the expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<Mismatch>,
     pub timings: Timings,
     /// Where the Slurm executor ran it (absent for local runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmAttempt>,
+}
+
+/// Which limit ended an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// The wall-clock `timeout` (verdict `tle`).
+    WallTime,
+    /// `limits.cpu_time` (verdict `tle`).
+    CpuTime,
+    /// `limits.memory` (verdict `mle`; an out-of-memory VM has no limit).
+    Memory,
+    /// `limits.output` (verdict `ole`).
+    Output,
+}
+
+/// The first difference between a step's stdout and its expected output.
+/// Texts are cut to a few dozen characters, secrets masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Mismatch {
+    /// The comparison: `exact`, `trim` or `tokens`.
+    pub compare: String,
+    /// 1-based line of the output where it differs.
+    pub line: u64,
+    /// With `tokens`: the 1-based number of the token that differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// The expected line or token; absent where the expected output ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The printed line or token; absent where the output ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
 }
 
 /// A Slurm job that ran (or was to run) one attempt.

@@ -50,6 +50,8 @@ fn attempt(step: usize, verdict: Verdict, message: &str, retrying: bool) -> RunE
             signal: None,
             message: (!message.is_empty()).then(|| message.to_owned()),
             timings: Timings::default(),
+            limit: None,
+            mismatch: None,
             slurm: None,
         })),
         retrying,

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use guest_init::proto::{ErrorCode, RunRequest};
 
 use super::cache::Lookup;
+use super::expect::{self, Capture};
 use super::kill::KillSlot;
 use super::pools::Pools;
 use super::request::{self, input_items, input_owner, network_setup, request};
-use super::verdict::{enforce_egress, judge, oom_evidence, Ended, Judged, Observed};
+use super::verdict::{
+    enforce_egress, enforce_expect, judge, oom_evidence, Ended, Judged, Observed,
+};
 use crate::artifacts::{self, ArtifactError, FileDigest, OutputLimits};
 use crate::broker::{Broker, BrokerConfig, Overrides, CONNECT_TIMEOUT};
 use crate::errors::chain;
@@ -75,6 +78,9 @@ pub enum AttemptError {
     /// no shell for a script, a user the image does not define).
     #[error("{0}")]
     Image(String),
+    /// The step's expected output cannot be used.
+    #[error("{0}")]
+    Expect(String),
 }
 
 impl AttemptError {
@@ -85,7 +91,7 @@ impl AttemptError {
             AttemptError::Cancelled => Verdict::Cancelled,
             AttemptError::Inputs(ArtifactError::InputTooLarge { .. }) => Verdict::Failed,
             // Retrying cannot help: the manifest or the image must change.
-            AttemptError::Image(_) => Verdict::Failed,
+            AttemptError::Image(_) | AttemptError::Expect(_) => Verdict::Failed,
             _ => Verdict::Infra,
         }
     }
@@ -168,6 +174,8 @@ pub fn run_attempt(
                 signal: None,
                 message: Some(chain(&e)),
                 timings,
+                limit: None,
+                mismatch: None,
                 slurm: None,
             },
             usage: None,
@@ -198,6 +206,7 @@ fn attempt(
         .image(&inst.settings.image)
         .map_err(AttemptError::Pool)?;
     let start = request::start(inst, &image).map_err(AttemptError::Image)?;
+    let expected = expected_output(inst)?;
     let mut cache = shared.cache.prepare(shared, inst, &image);
     match shared.cache.lookup(shared, inst, &mut cache, timings) {
         Lookup::Hit(hit) => return Ok(*hit),
@@ -218,10 +227,24 @@ fn attempt(
         req.network = Some(network_setup());
     }
 
-    let ran = run_command(&mut vm, inst, &req, &mut log, timings);
+    let mut capture = expected.as_ref().map(|e| Capture::new(e.len()));
+    let ran = run_command(&mut vm, inst, &req, &mut log, capture.as_mut(), timings);
     let egress_log = broker.map(Broker::finish).unwrap_or_default();
     let egress = EgressReport::new(&policy, &egress_log);
     let mut judged = verdict(shared, inst, &vm, &ran, &egress);
+    if let (Some(e), Some(c), Some(want)) = (&inst.expect, &capture, &expected) {
+        let mismatch = expect::compare(want, c, e.compare).map(|mut m| {
+            let mask = |t: &mut Option<String>| {
+                if let Some(text) = t.as_mut() {
+                    *text = crate::report::mask_str(text, &shared.secret_values);
+                }
+            };
+            mask(&mut m.expected);
+            mask(&mut m.actual);
+            m
+        });
+        judged = enforce_expect(judged, mismatch);
+    }
     let outputs = collect_outputs(shared, inst, &vm, &req, &ran, &mut judged, timings);
 
     let console_src = vm.release();
@@ -248,6 +271,8 @@ fn attempt(
             message: judged
                 .message
                 .map(|m| crate::report::mask_str(&m, &shared.secret_values)),
+            limit: judged.limit,
+            mismatch: judged.mismatch,
             timings: *timings,
             slurm: None,
         },
@@ -269,6 +294,28 @@ fn attempt(
     };
     outcome.cache = shared.cache.finish(shared, inst, cache, &outcome);
     Ok(outcome)
+}
+
+/// The step's expected stdout, read before a VM is leased. It is held in
+/// memory, so it may be no larger than the step's output limit (a longer
+/// output would be `ole` anyway).
+fn expected_output(inst: &Instance) -> Result<Option<Vec<u8>>, AttemptError> {
+    let Some(e) = &inst.expect else {
+        return Ok(None);
+    };
+    let limit = inst.settings.output.0;
+    let fail = |why: String| AttemptError::Expect(format!("expected output `{}`: {why}", e.shown));
+    let len = std::fs::metadata(&e.path)
+        .map_err(|err| fail(err.to_string()))?
+        .len();
+    if len > limit {
+        return Err(fail(format!(
+            "{len} bytes is more than the step's output limit ({limit} bytes)"
+        )));
+    }
+    std::fs::read(&e.path)
+        .map(Some)
+        .map_err(|err| fail(err.to_string()))
 }
 
 /// A restored VM from the pool of the step's shape (opened on first use).
@@ -364,6 +411,7 @@ fn run_command(
     inst: &Instance,
     req: &RunRequest,
     log: &mut StepLog,
+    mut capture: Option<&mut Capture>,
     timings: &mut Timings,
 ) -> Ran {
     let timeout = inst.settings.timeout.0;
@@ -377,6 +425,9 @@ fn run_command(
             OutputStream::Stdout => Stream::Out,
             OutputStream::Stderr => Stream::Err,
         };
+        if let (Stream::Out, Some(c)) = (s, capture.as_deref_mut()) {
+            c.push(bytes);
+        }
         if !log.write(s, bytes) && !exceeded {
             exceeded = true;
             slot.kill();
@@ -426,6 +477,7 @@ fn verdict(
         Err(RunError::Guest(r)) if r.code == ErrorCode::CommandNotFound => {
             Ended::NotFound(r.message.clone())
         }
+        Err(RunError::Guest(r)) if r.code == ErrorCode::Stdin => Ended::Refused(r.message.clone()),
         Err(e) => Ended::Broken(chain(e)),
     };
     let observed = Observed {
@@ -434,6 +486,8 @@ fn verdict(
         cancelled: shared.cancelled.load(Ordering::Acquire),
         oom_in_console: oom_evidence(&console),
         timeout_secs: inst.settings.timeout.0.as_secs(),
+        cpu_time: inst.settings.cpu_time,
+        memory: inst.settings.memory_limit,
     };
     enforce_egress(judge(&observed), inst.settings.on_violation, egress)
 }

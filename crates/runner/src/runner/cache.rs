@@ -23,7 +23,7 @@ use crate::manifest::{CacheSetting, Condition, Egress};
 use crate::plan::Instance;
 use crate::report::{
     Attempt, AttemptOutcome, CacheReport, CacheStatus, EgressReport, FileDigest, ImageReport,
-    LogPaths, Tails, Timings, Usage, Verdict,
+    Limit, LogPaths, Mismatch, Tails, Timings, Usage, Verdict,
 };
 
 /// Default most bytes the step cache keeps.
@@ -72,6 +72,10 @@ struct Record {
     exit_code: Option<i32>,
     signal: Option<i32>,
     message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mismatch: Option<Mismatch>,
     /// The attempt's own time (not its queueing).
     took_ms: f64,
     usage: Option<Usage>,
@@ -401,6 +405,8 @@ impl RunCache {
                 exit_code: record.exit_code,
                 signal: record.signal,
                 message: record.message,
+                limit: record.limit,
+                mismatch: record.mismatch,
                 timings: *timings,
                 slurm: None,
             },
@@ -443,17 +449,25 @@ impl RunCache {
         let verdict = outcome.attempt.verdict;
         let keep = match verdict {
             Verdict::Passed => Ok(()),
-            Verdict::Failed | Verdict::Tle | Verdict::Mle | Verdict::Ole | Verdict::Sig
+            Verdict::Failed
+            | Verdict::Wrong
+            | Verdict::Tle
+            | Verdict::Mle
+            | Verdict::Ole
+            | Verdict::Sig
                 if step.failures =>
             {
                 Ok(())
             }
-            Verdict::Failed | Verdict::Tle | Verdict::Mle | Verdict::Ole | Verdict::Sig => {
-                Err(format!(
-                    "a {} result is not kept (add `cache: {{ failures: true }}` to keep it)",
-                    verdict.label()
-                ))
-            }
+            Verdict::Failed
+            | Verdict::Wrong
+            | Verdict::Tle
+            | Verdict::Mle
+            | Verdict::Ole
+            | Verdict::Sig => Err(format!(
+                "a {} result is not kept (add `cache: {{ failures: true }}` to keep it)",
+                verdict.label()
+            )),
             Verdict::Infra | Verdict::Skipped | Verdict::Cancelled => Err(format!(
                 "a {} result says nothing about the step",
                 verdict.label()
@@ -469,6 +483,8 @@ impl RunCache {
             exit_code: outcome.attempt.exit_code,
             signal: outcome.attempt.signal,
             message: outcome.attempt.message.clone(),
+            limit: outcome.attempt.limit,
+            mismatch: outcome.attempt.mismatch.clone(),
             took_ms: outcome.attempt.timings.total_ms - outcome.attempt.timings.queued_ms,
             usage: outcome.usage,
             artifacts: outcome.artifacts.clone(),

@@ -146,6 +146,31 @@ pub(super) fn compute(
         &json!([s.pids, s.open_files, s.output.0, s.file_size.0]),
     );
     key.part("timeout", &(s.timeout.0.as_millis() as u64));
+    // Parts only for what a step sets, so keys of steps without them stay
+    // what they were before these settings existed.
+    if s.cpu_time.is_some() || s.memory_limit.is_some() {
+        key.part(
+            "grading limits",
+            &json!({
+                "cpu_time_ms": s.cpu_time.map(|t| t.0.as_millis() as u64),
+                "memory": s.memory_limit.map(|m| m.0),
+            }),
+        );
+    }
+    if let Some(stdin) = &inst.stdin {
+        key.part("stdin", stdin);
+    }
+    if let Some(expect) = &inst.expect {
+        let meta = fs::metadata(&expect.path)
+            .map_err(|e| format!("cannot read {}: {e}", expect.path.display()))?;
+        key.part(
+            "expect",
+            &json!({
+                "stdout": ctx.files.file(&expect.path, &meta)?,
+                "compare": expect.compare.as_str(),
+            }),
+        );
+    }
     key.part(
         "egress",
         &json!({

@@ -131,12 +131,44 @@ fn each_setting_moves_exactly_its_own_part() {
             "secrets",
         ),
         ("to: in", "to: other", "inputs"),
+        (
+            "run: make",
+            "run: make\n    limits: { cpu_time: 2s }",
+            "grading limits",
+        ),
+        (
+            "run: make",
+            "run: make\n    limits: { memory: 64MiB }",
+            "grading limits",
+        ),
+        ("run: make", "run: make\n    stdin: in/x.txt", "stdin"),
     ];
     for (from, to, part) in cases {
         let other = f.key(&BASE.replace(from, to));
         assert_ne!(other.key, base.key, "{to}");
         assert_eq!(changed(&base, &other), vec![part], "{to}");
     }
+}
+
+#[test]
+fn the_expected_output_counts_by_content_and_comparison() {
+    let f = Fixture::new();
+    f.write("src/data/x.txt", "x");
+    f.write("src/want.txt", "42\n");
+    let with = |compare: &str| {
+        BASE.replace(
+            "run: make",
+            &format!("run: make\n    expect: {{ stdout: want.txt{compare} }}"),
+        )
+    };
+    let base = f.key(BASE);
+    let trim = f.key(&with(""));
+    assert_eq!(changed(&base, &trim), vec!["expect"]);
+    assert_eq!(f.key(&with(", compare: trim")).key, trim.key);
+    let tokens = f.key(&with(", compare: tokens"));
+    assert_eq!(changed(&trim, &tokens), vec!["expect"]);
+    f.write("src/want.txt", "43\n");
+    assert_eq!(changed(&trim, &f.key(&with(""))), vec!["expect"]);
 }
 
 #[test]

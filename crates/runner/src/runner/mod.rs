@@ -7,6 +7,7 @@
 mod attempt;
 mod cache;
 mod cache_key;
+mod expect;
 mod kill;
 mod outcome;
 mod policy;

@@ -156,6 +156,9 @@ pub fn request(inst: &Instance, start: Start, input_bytes: Option<u64>) -> RunRe
             outputs,
         },
         network: None,
+        stdin_file: inst.stdin.clone(),
+        cpu_time_ms: s.cpu_time.map(|t| t.0.as_millis() as u64),
+        memory_max: s.memory_limit.map(|m| m.0),
     }
 }
 

@@ -422,6 +422,8 @@ impl<'p> Follower<'p> {
                     signal: None,
                     message: Some(why.clone()),
                     timings: Timings::default(),
+                    limit: None,
+                    mismatch: None,
                     slurm: Some(SlurmAttempt {
                         job_id: ended.id.clone(),
                         node: ended.node.clone(),
@@ -473,6 +475,8 @@ impl<'p> Follower<'p> {
             signal: None,
             message: Some(message),
             timings: Timings::default(),
+            limit: None,
+            mismatch: None,
             slurm: Some(SlurmAttempt {
                 job_id: job.id.clone(),
                 node: job.node.clone(),

@@ -56,6 +56,8 @@ pub fn record_fault(
         signal: None,
         message: Some(message.to_owned()),
         timings: Default::default(),
+        limit: None,
+        mismatch: None,
         slurm: None,
     });
     outcome.attempt.slurm = Some(this_job());
