@@ -76,7 +76,9 @@ impl ImageRef {
             || image == "."
             || image == "..";
         if looks_like_path || manifest_dir.join(image).exists() {
-            return ImageRef::Path(manifest_dir.join(image));
+            // Without `.` components, so messages name `/jobs/rootfs`,
+            // not `/jobs/./rootfs`.
+            return ImageRef::Path(manifest_dir.join(image).components().collect());
         }
         ImageRef::Container(image.to_owned())
     }
@@ -231,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             ImageRef::classify("./x.ext4", d),
-            ImageRef::Path(d.join("./x.ext4"))
+            ImageRef::Path(d.join("x.ext4"))
         );
         assert_eq!(
             ImageRef::classify("/abs/x.ext4", d),

@@ -171,7 +171,7 @@ impl Console {
         };
         let footer = self.footer.get_or_insert_with(|| {
             let bar = multi.add(ProgressBar::new_spinner());
-            if let Ok(style) = ProgressStyle::with_template("  {msg} {elapsed:.dim}") {
+            if let Ok(style) = ProgressStyle::with_template("  {msg} {elapsed}") {
                 bar.set_style(style);
             }
             bar.enable_steady_tick(Duration::from_millis(250));
