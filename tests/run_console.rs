@@ -105,7 +105,10 @@ fn a_terminal_sees_first_use_live_steps_colour_and_failure_tails() {
     ] {
         assert!(seen.contains(said), "no `{said}` in:\n{seen}");
     }
-    assert!(!seen.contains("/./"), "paths are named without `.` parts:\n{seen}");
+    assert!(
+        !seen.contains("/./"),
+        "paths are named without `.` parts:\n{seen}"
+    );
     // Redrawn in place: a line counting progress, erased and drawn again.
     assert!(seen.contains("done, "), "{seen}");
     assert!(seen.contains("\x1b[2K"), "nothing was redrawn:\n{seen}");

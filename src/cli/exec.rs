@@ -1,6 +1,6 @@
 //! `sbxrun exec`: one command, one fresh microVM, its exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,11 @@ use sbxrun_runner::pool::container;
 use sbxrun_runner::pool::launch::{
     boot_cold, BootedVm, StepDisks, VmShape, DEFAULT_ARTIFACT_DISK_BYTES,
 };
-use sbxrun_runner::pool::warm::{clean_scratch, LeasedVm, Pool, PoolConfig};
+use sbxrun_runner::pool::warm::{clean_scratch, LeasedVm, PoolConfig};
 use sbxrun_runner::pool::VmHandle;
 use sbxrun_runner::pool::{resolve_image, session, OutputStream, RunError};
 use sbxrun_runner::report::GuestTimings;
-use sbxrun_runner::runner::StepImage;
+use sbxrun_runner::runner::{PrepProgress, StepImage};
 
 /// Arguments of `sbxrun exec`.
 #[derive(Debug, Args)]
@@ -97,7 +97,8 @@ pub fn run(args: ExecArgs) -> CliResult {
     };
     let kernel = resolve(Asset::Kernel, &args.kernel)?;
     let initramfs = resolve(Asset::Initramfs, &args.initramfs)?;
-    let image = root_image(&args)?;
+    let prep = prep_progress();
+    let image = root_image(&args, &prep)?;
     if args.command.is_empty() && image.config.is_none() {
         return Err(CliError::usage(
             "give the command after `--` (only a container image has a default command)",
@@ -116,8 +117,9 @@ pub fn run(args: ExecArgs) -> CliResult {
         jail: !args.no_jail,
     };
     let started = Instant::now();
-    let mut vm =
-        start_vm(&args, shape).map_err(|e| CliError::Infra(format!("cannot start the VM: {e}")))?;
+    let name = image.reference.clone();
+    let mut vm = start_vm(&args, shape, &prep, &name)
+        .map_err(|e| CliError::Infra(format!("cannot start the VM: {e}")))?;
     let vm_ready = started.elapsed();
     let (command, env, cwd, user) = match &image.config {
         None => (
@@ -240,7 +242,20 @@ pub fn run(args: ExecArgs) -> CliResult {
 
 /// The image to boot: `--image` read as a manifest's `image:` is, else
 /// `SBXRUN_IMAGE`, else the default image `make assets` builds.
-fn root_image(args: &ExecArgs) -> Result<StepImage, CliError> {
+/// What exec shows of a first use (building an image, booting a shape to
+/// its snapshot): on a terminal only, since stderr is also the command's.
+fn prep_progress() -> PrepProgress {
+    if std::io::stderr().is_terminal() {
+        super::prep::progress(
+            sbxrun_runner::report::console::LogFormat::Text,
+            super::prep::JsonTo::Stderr,
+        )
+    } else {
+        PrepProgress::none()
+    }
+}
+
+fn root_image(args: &ExecArgs, prep: &PrepProgress) -> Result<StepImage, CliError> {
     let plain = |ext4: PathBuf, reference: String| StepImage {
         ext4,
         reference,
@@ -262,18 +277,14 @@ fn root_image(args: &ExecArgs) -> Result<StepImage, CliError> {
             Ok(plain(ext4, "default".into()))
         }
         Some(ImageRef::Path(path)) => {
-            let ext4 =
-                resolve_image(&path, &assets::cache_dir()).map_err(|e| CliError::infra(&e))?;
+            let ext4 = prep
+                .build_dir_image(&path, &assets::cache_dir())
+                .map_err(|e| CliError::infra(&e))?;
             Ok(plain(ext4, path.display().to_string()))
         }
         Some(ImageRef::Container(source)) => {
-            let progress = super::prep::progress(
-                sbxrun_runner::report::console::LogFormat::Text,
-                super::prep::JsonTo::Stderr,
-            );
-            let resolved =
-                sbxrun_image::resolve(&source, &args.pull.options(), &progress.of(&source))
-                    .map_err(|e| CliError::infra(&e))?;
+            let resolved = sbxrun_image::resolve(&source, &args.pull.options(), &prep.of(&source))
+                .map_err(|e| CliError::infra(&e))?;
             Ok(StepImage {
                 ext4: resolved.ext4,
                 reference: resolved.reference,
@@ -337,7 +348,12 @@ impl Drop for ScratchDir {
     }
 }
 
-fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
+fn start_vm(
+    args: &ExecArgs,
+    shape: VmShape,
+    prep: &PrepProgress,
+    image: &str,
+) -> Result<ExecVm, String> {
     let cache = assets::cache_dir();
     let scratch = cache.join("run");
     if args.no_snapshot || args.kernel_args.is_some() {
@@ -355,14 +371,16 @@ fn start_vm(args: &ExecArgs, shape: VmShape) -> Result<ExecVm, String> {
     }
     clean_scratch(&scratch);
     let opening = Instant::now();
-    let pool = Pool::open(PoolConfig {
+    let config = PoolConfig {
         cache,
         scratch,
         shape,
         warm: 0,
         console_dir: None,
-    })
-    .map_err(|e| sbxrun_runner::errors::chain(&e))?;
+    };
+    let pool = prep
+        .open_pool(image, config)
+        .map_err(|e| sbxrun_runner::errors::chain(&e))?;
     let open_time = opening.elapsed();
     let lease = match &args.console_log {
         Some(path) => pool.acquire_logged(path.clone()),

@@ -6,7 +6,7 @@
 //! or a tree changes while the job runs.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,9 @@ use sbxrun_image::{Event, ImageConfig};
 use crate::host::KvmFlavour;
 use crate::manifest::{ImageRef, Settings};
 use crate::pool::launch::{VmShape, DEFAULT_ARTIFACT_DISK_BYTES};
+use crate::pool::warm::PoolError;
 use crate::pool::warm::{Pool, PoolConfig};
-use crate::pool::{resolve_image_reporting, snapshot};
+use crate::pool::{resolve_image_reporting, snapshot, ImageError};
 pub use crate::report::json_log::Phase;
 
 /// What every shape shares.
@@ -82,6 +83,61 @@ impl PrepProgress {
 
     fn tell(&self, image: &str, prep: Prep<'_>) {
         (self.0)(image, &prep);
+    }
+
+    /// Resolves a directory or ext4 image (`resolve_image`), telling this
+    /// progress when a directory's image has to be built and how long that
+    /// took.
+    pub fn build_dir_image(&self, path: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
+        let name = path.display().to_string();
+        let started = std::cell::Cell::new(None);
+        let result = resolve_image_reporting(path, cache, &|| {
+            started.set(Some(Instant::now()));
+            let prep = Prep::ImageBuild {
+                phase: Phase::Started,
+                took: None,
+            };
+            self.tell(&name, prep);
+        });
+        if let Some(t) = started.get() {
+            let phase = ended(result.is_ok());
+            let took = Some(t.elapsed());
+            self.tell(&name, Prep::ImageBuild { phase, took });
+        }
+        result
+    }
+
+    /// Opens the pool of `config`, telling this progress when its shape
+    /// has no snapshot yet: a cold boot of tens of seconds.
+    pub fn open_pool(&self, image: &str, config: PoolConfig) -> Result<Pool, PoolError> {
+        let (memory_mib, vcpus) = (config.shape.memory_mib, config.shape.vcpus);
+        let tell = |phase, took| {
+            let prep = Prep::Snapshot {
+                memory_mib,
+                vcpus,
+                phase,
+                took,
+            };
+            self.tell(image, prep);
+        };
+        let cold = !snapshot::is_present(&config.cache, &config.shape);
+        if cold {
+            tell(Phase::Started, None);
+        }
+        let started = Instant::now();
+        let pool = Pool::open(config);
+        if cold {
+            tell(ended(pool.is_ok()), Some(started.elapsed()));
+        }
+        pool
+    }
+}
+
+fn ended(ok: bool) -> Phase {
+    if ok {
+        Phase::Done
+    } else {
+        Phase::Failed
     }
 }
 
@@ -174,7 +230,11 @@ impl Pools {
             }),
             ImageRef::Name(n) => Err(format!("unknown image `{n}`")),
             ImageRef::Path(path) => Ok(StepImage {
-                ext4: self.build_dir_image(path)?,
+                ext4: self
+                    .base
+                    .progress
+                    .build_dir_image(path, &self.base.cache)
+                    .map_err(|e| crate::errors::chain(&e))?,
                 reference: path.display().to_string(),
                 digest: None,
                 config: None,
@@ -195,34 +255,6 @@ impl Pools {
         }
     }
 
-    /// A directory or ext4 image; building one is told to the progress.
-    fn build_dir_image(&self, path: &std::path::Path) -> Result<PathBuf, String> {
-        let name = path.display().to_string();
-        let started = std::cell::Cell::new(None);
-        let result = resolve_image_reporting(path, &self.base.cache, &|| {
-            started.set(Some(Instant::now()));
-            self.base.progress.tell(
-                &name,
-                Prep::ImageBuild {
-                    phase: Phase::Started,
-                    took: None,
-                },
-            );
-        });
-        if let Some(t) = started.get() {
-            let phase = if result.is_ok() {
-                Phase::Done
-            } else {
-                Phase::Failed
-            };
-            let took = Some(t.elapsed());
-            self.base
-                .progress
-                .tell(&name, Prep::ImageBuild { phase, took });
-        }
-        result.map_err(|e| crate::errors::chain(&e))
-    }
-
     /// The pool for `settings`, opening it on first use. Concurrent callers
     /// of one new shape wait for a single open.
     pub fn get(&self, settings: &Settings) -> Result<Arc<Pool>, String> {
@@ -236,39 +268,17 @@ impl Pools {
             map.entry(key).or_default().clone()
         };
         slot.get_or_init(|| {
-            let image = settings.image.to_string();
-            let (memory_mib, vcpus) = (shape.memory_mib, shape.vcpus);
-            // A missing snapshot means a cold boot of tens of seconds: say so.
-            let cold = !snapshot::is_present(&self.base.cache, &shape);
-            let tell = |phase, took| {
-                let prep = Prep::Snapshot {
-                    memory_mib,
-                    vcpus,
-                    phase,
-                    took,
-                };
-                self.base.progress.tell(&image, prep);
-            };
-            if cold {
-                tell(Phase::Started, None);
-            }
-            let started = Instant::now();
-            let pool = Pool::open(PoolConfig {
+            let config = PoolConfig {
                 cache: self.base.cache.clone(),
                 scratch: self.base.scratch.clone(),
                 shape,
                 warm: self.base.warm,
                 console_dir: Some(self.base.console_dir.clone()),
-            });
-            if cold {
-                let phase = if pool.is_ok() {
-                    Phase::Done
-                } else {
-                    Phase::Failed
-                };
-                tell(phase, Some(started.elapsed()));
-            }
-            pool.map(Arc::new)
+            };
+            self.base
+                .progress
+                .open_pool(&settings.image.to_string(), config)
+                .map(Arc::new)
                 .map_err(|e| format!("cannot prepare the VM pool: {}", crate::errors::chain(&e)))
         })
         .clone()
