@@ -227,12 +227,14 @@ pub fn timestamp() -> String {
 /// Writes one line to stdout. A closed stdout (the reader went away) is
 /// not the run's problem: the run goes on and its reports are written.
 pub fn write(event: LogEvent) {
+    // Stamped under the lock, so lines from the pools' threads and the
+    // scheduler's never go back in time.
+    let mut out = std::io::stdout().lock();
     let line = LogLine {
         timestamp: timestamp(),
         event,
     };
     if let Ok(text) = serde_json::to_string(&line) {
-        let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     }
