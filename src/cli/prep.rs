@@ -56,15 +56,7 @@ impl PrepDisplay {
             if let Some(event) = json_event(image, prep) {
                 match self.json_to {
                     JsonTo::Stdout => json_log::write(event),
-                    JsonTo::Stderr => {
-                        let line = json_log::LogLine {
-                            timestamp: json_log::timestamp(),
-                            event,
-                        };
-                        if let Ok(text) = serde_json::to_string(&line) {
-                            eprintln!("{text}");
-                        }
-                    }
+                    JsonTo::Stderr => json_log::write_to_stderr(event),
                 }
             }
             return;

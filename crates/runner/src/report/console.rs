@@ -45,7 +45,10 @@ struct StepView {
     /// Denials by kind as the step's report has them: the last attempt
     /// that got as far as its network, else none.
     denied: BTreeMap<String, u64>,
-    /// Its redrawn line while it runs (live terminals only).
+    /// An attempt of it is running.
+    running: bool,
+    /// Its redrawn line while it runs (live terminals only, at most
+    /// [`LIVE_STEPS`] at once).
     bar: Option<ProgressBar>,
 }
 
@@ -61,7 +64,10 @@ pub struct Console {
     terminal: &'static Terminal,
     /// The last line on a live terminal: how far the run is.
     footer: Option<ProgressBar>,
+    /// Steps ended for good.
     finished: usize,
+    /// Steps waiting for a slot, as the last start reported it.
+    queued: usize,
 }
 
 impl std::fmt::Debug for Console {
@@ -103,6 +109,7 @@ impl Console {
             terminal,
             footer: None,
             finished: 0,
+            queued: 0,
         }
     }
 
@@ -130,6 +137,10 @@ impl Console {
             String::new()
         };
         let name = self.name(step).to_owned();
+        if let Some(view) = self.steps.get_mut(step.0) {
+            view.running = true;
+        }
+        self.queued = queued;
         // On a live terminal the step's redrawn line says it started.
         if !self.live() {
             self.say(&format!(
@@ -137,16 +148,14 @@ impl Console {
             ));
             return;
         }
-        {
-            let shown = self.steps.iter().filter(|s| s.bar.is_some()).count();
-            if shown < LIVE_STEPS {
-                let bar = self.running_bar(&format!("{name}{again}"));
-                if let Some(view) = self.steps.get_mut(step.0) {
-                    view.bar = bar;
-                }
+        let shown = self.steps.iter().filter(|s| s.bar.is_some()).count();
+        if shown < LIVE_STEPS {
+            let bar = self.running_bar(&format!("{name}{again}"));
+            if let Some(view) = self.steps.get_mut(step.0) {
+                view.bar = bar;
             }
-            self.update_footer(running, queued);
         }
+        self.refresh_footer();
     }
 
     /// A redrawn line for a running step: spinner, name, elapsed time.
@@ -165,10 +174,26 @@ impl Console {
         Some(bar)
     }
 
-    fn update_footer(&mut self, running: usize, queued: usize) {
+    /// The last redrawn line: how many steps are done, running (and how
+    /// many of those have no line of their own) and queued.
+    fn refresh_footer(&mut self) {
         let Some(multi) = self.terminal.live() else {
             return;
         };
+        let running = self.steps.iter().filter(|s| s.running).count();
+        let shown = self.steps.iter().filter(|s| s.bar.is_some()).count();
+        let hidden = running.saturating_sub(shown);
+        let more = if hidden > 0 {
+            format!(" ({hidden} not shown)")
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{}/{} done, {running} running{more}, {} queued",
+            self.finished,
+            self.steps.len(),
+            self.queued
+        );
         let footer = self.footer.get_or_insert_with(|| {
             let bar = multi.add(ProgressBar::new_spinner());
             if let Ok(style) = ProgressStyle::with_template("  {msg} {elapsed}") {
@@ -177,17 +202,7 @@ impl Console {
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        let hidden = running.saturating_sub(LIVE_STEPS);
-        let more = if hidden > 0 {
-            format!(" ({hidden} not shown)")
-        } else {
-            String::new()
-        };
-        footer.set_message(format!(
-            "{}/{} done, {running} running{more}, {queued} queued",
-            self.finished,
-            self.steps.len()
-        ));
+        footer.set_message(text);
     }
 
     /// One line of a step's output (verbose only).
@@ -294,6 +309,7 @@ impl Console {
                         name: s.name.clone(),
                         allow_failure: s.allow_failure,
                         denied: s.egress.denied.clone(),
+                        running: false,
                         bar: None,
                     })
                     .collect();
@@ -315,6 +331,7 @@ impl Console {
                 let Some(view) = self.steps.get_mut(step.0) else {
                     return;
                 };
+                view.running = false;
                 if let Some(bar) = view.bar.take() {
                     bar.finish_and_clear();
                 }
@@ -339,13 +356,8 @@ impl Console {
             }
             RunEvent::StepFinished { .. } => {
                 self.finished += 1;
-                if let Some(footer) = &self.footer {
-                    let running = self.steps.iter().filter(|s| s.bar.is_some()).count();
-                    footer.set_message(format!(
-                        "{}/{} done, {running} running",
-                        self.finished,
-                        self.steps.len()
-                    ));
+                if self.footer.is_some() {
+                    self.refresh_footer();
                 }
             }
             RunEvent::Notice(n) => self.notice(&n.to_string()),

@@ -14,6 +14,12 @@ use super::model::Report;
 use super::state::ReportState;
 use super::write::{atomic_write, Pacer, Pacing};
 
+/// Whether `event` changes what the report files hold (output lines do
+/// not: the files keep tails, taken from each attempt's end).
+fn report_changes(event: &RunEvent) -> bool {
+    !matches!(event, RunEvent::StepOutput { .. })
+}
+
 /// `report.json`.
 #[derive(Debug)]
 pub struct JsonReportFile {
@@ -61,7 +67,9 @@ impl JsonReportFile {
 impl EventSink for JsonReportFile {
     fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
         self.state.apply(event);
-        self.pacer.changed();
+        if report_changes(event) {
+            self.pacer.changed();
+        }
         match event {
             RunEvent::RunFinished { .. } => self.write(),
             _ => Ok(()),
@@ -170,7 +178,9 @@ impl JunitFile {
 impl EventSink for JunitFile {
     fn event(&mut self, event: &RunEvent) -> Result<(), SinkError> {
         self.state.apply(event);
-        self.pacer.changed();
+        if report_changes(event) {
+            self.pacer.changed();
+        }
         match event {
             RunEvent::RunStarted { steps, .. } => {
                 self.own = steps.iter().map(|s| s.junit.clone()).collect();

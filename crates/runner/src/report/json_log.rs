@@ -227,9 +227,17 @@ pub fn timestamp() -> String {
 /// Writes one line to stdout. A closed stdout (the reader went away) is
 /// not the run's problem: the run goes on and its reports are written.
 pub fn write(event: LogEvent) {
-    // Stamped under the lock, so lines from the pools' threads and the
-    // scheduler's never go back in time.
-    let mut out = std::io::stdout().lock();
+    write_to(&mut std::io::stdout().lock(), event);
+}
+
+/// Writes one line to stderr, for commands whose stdout is their result.
+pub fn write_to_stderr(event: LogEvent) {
+    write_to(&mut std::io::stderr().lock(), event);
+}
+
+/// Stamps and writes one line; called with the stream locked, so lines
+/// from the pools' threads and the scheduler's never go back in time.
+fn write_to(out: &mut dyn Write, event: LogEvent) {
     let line = LogLine {
         timestamp: timestamp(),
         event,
